@@ -1,0 +1,26 @@
+# fastvip: `make setup` (venv + everything), `make demo`, `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.fastvip-installed
+DEMO   ?= demo_out
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt tools/install_system_deps.sh
+	bash tools/install_system_deps.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -c constraints.txt -e '.[dali,test,demo]'
+	touch $(STAMP)
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo.sh $(DEMO)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

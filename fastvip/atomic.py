@@ -1,0 +1,75 @@
+"""Atomic writes: a temp file in the target's directory, fsync, then rename.
+
+A reader never sees a half-written file at the target path; a crash leaves at
+most a ``.tmp-*`` file that the next writer of the same target removes.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def temp_path_for(target: str | os.PathLike) -> Path:
+    """A fresh temp path beside ``target`` (same filesystem, so rename is atomic)."""
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[str]:
+    """Delete temp files an interrupted writer of ``target`` left behind."""
+    target = Path(target)
+    stale = glob.glob(str(target.parent / f".{glob.escape(target.name)}.tmp-*"))
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return stale
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """fsync ``tmp`` and rename it over ``target``."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path to write; on success it replaces ``target``, on error it is removed."""
+    tmp = temp_path_for(target)
+    try:
+        yield tmp
+        commit(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | os.PathLike, obj) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,21 @@
+"""Batched pixel operations on the training device, kept apart from I/O.
+
+Loaders deliver ``uint8`` NCHW batches (already cropped and flipped); these
+functions run on whole batches on the GPU (or CPU).
+"""
+from __future__ import annotations
+
+import torch
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+              channels_last: bool = False) -> torch.Tensor:
+    """``uint8`` NCHW -> float32 ``(x - mean) / std`` in the memory format the model wants."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    inv_std = 1.0 / torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    out = (images.float() - mean_t) * inv_std
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return out.contiguous(memory_format=fmt)

@@ -1,0 +1,161 @@
+"""The ``fastvip`` command line (see DESIGN.md, "Commands")."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import FastvipError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")
+
+
+def _console(args):
+    from .console import Console
+    return Console(quiet=args.quiet)
+
+
+def cmd_pack(args) -> int:
+    from .pack import pack
+    result = pack(args.src, args.out, max_side=args.max_side, quality=args.quality, workers=args.workers,
+                  force=args.force, strict=args.strict, console=_console(args))
+    return 0 if result.num_images else 1
+
+
+def cmd_run(args) -> int:
+    from . import recipe as recipe_mod
+    from .train import run
+    recipe = recipe_mod.resolve(args.recipe, _flatten(args.set))
+    out = args.out or recipe.out or os.path.join("runs", Path(args.recipe).stem)
+    run(recipe, out, resume=args.resume, console=_console(args))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict
+    console = _console(args)
+    r = predict(args.run, args.data, weights=args.weights, tta=args.tta, out=args.out,
+                submission=args.submission, batch_size=args.batch_size, console=console)
+    if r["top1"] is not None:
+        console.print(f"top1 {r['top1']:.2f}% on {r['n']} images")
+    for key in ("out", "submission"):
+        if r.get(key):
+            console.print(f"wrote {r[key]}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .predict import score
+    r = score(args.submission, args.labels)
+    note = f" ({r['missing']} labelled ids missing from the submission)" if r["missing"] else ""
+    print(f"top1 {r['top1']:.2f}% on {r['n']} images{note}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from . import recipe as recipe_mod
+    print(recipe_mod.resolve(args.recipe, _flatten(args.set)).to_text(), end="")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipe import recipe_description
+    folder = Path(args.dir)
+    files = sorted(folder.glob("*.py")) if folder.is_dir() else []
+    files = [f for f in files if not f.name.startswith("_")]
+    if not files:
+        raise FastvipError(f"no recipe files in {folder}")
+    width = max(len(f.name) for f in files)
+    for f in files:
+        print(f"{f.name:<{width}}  {recipe_description(f)}")
+    return 0
+
+
+def _flatten(sets) -> list[str]:
+    return [pair for group in (sets or []) for pair in group]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="fastvip", formatter_class=fmt,
+                                     description="Train image classifiers from scratch on small data.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pack", formatter_class=fmt, help="pack an image folder into an FFCV .beton")
+    p.add_argument("src", help="class folders (labelled), or only images / only imgs/ (unlabelled)")
+    p.add_argument("out", help="output .beton (a .beton.meta.json sidecar is written beside it)")
+    p.add_argument("--max-side", type=int, default=512, help="cap on the longer side in pixels")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality for re-encoded images")
+    p.add_argument("--workers", type=int, default=0, help="transcode processes; 0 = all cores")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--strict", action="store_true", help="fail instead of skipping unreadable images")
+    _common(p)
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("run", formatter_class=fmt, help="train a recipe")
+    p.add_argument("recipe", help="recipe file (recipes/*.py)")
+    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="override recipe fields (type-checked)")
+    p.add_argument("--out", default=None, help="run directory (default: recipe.out or runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("predict", formatter_class=fmt, help="class probabilities and a submission")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("data", help="packed .beton to predict")
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="best = the weights (raw or EMA) that scored best on val")
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    p.add_argument("--out", default=None, help="probabilities .npz (default: RUN_DIR/predictions/)")
+    p.add_argument("--submission", default=None, help="write a VIPriors submission CSV")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size")
+    _common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", formatter_class=fmt, help="top-1 of a submission against labels")
+    p.add_argument("submission")
+    p.add_argument("labels", help="CSV in the submission format holding the true classes")
+    _common(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("show", formatter_class=fmt, help="print a resolved recipe")
+    p.add_argument("recipe")
+    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE")
+    _common(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("recipes", formatter_class=fmt, help="list recipe files")
+    p.add_argument("--dir", default=os.fspath(RECIPES_DIR), help="folder of recipe files")
+    _common(p)
+    p.set_defaults(func=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FastvipError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - no tracebacks without --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

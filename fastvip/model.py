@@ -1,0 +1,81 @@
+"""Model, device and precision set-up shared by ``run`` and ``predict``; checkpoint files."""
+from __future__ import annotations
+
+import contextlib
+import difflib
+from pathlib import Path
+
+import torch
+
+from . import atomic
+from .errors import FastvipError
+from .recipe import Recipe
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FastvipError("recipe asks for device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a recipe's ``amp`` on ``device`` (None = full precision)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if amp == "fp16" and device.type != "cuda":
+        raise FastvipError("amp=fp16 needs CUDA (GradScaler); use amp=bf16 or amp=off on CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
+    """``timm.create_model`` from scratch, with a clear error for an unknown name."""
+    import timm
+    if not timm.is_model(recipe.model):
+        close = difflib.get_close_matches(recipe.model, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; close: {', '.join(close)}" if close else ""
+        raise FastvipError(f"unknown timm model {recipe.model!r}{hint}")
+    return timm.create_model(recipe.model, pretrained=False, num_classes=num_classes,
+                             drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save`` through a temp file + rename: the previous file stays usable until then."""
+    with atomic.atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise FastvipError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def find_weights(run_or_ckpt: str | Path, which: str = "best") -> Path:
+    """A run directory (-> its best.pt / last.pt) or a checkpoint file."""
+    p = Path(run_or_ckpt)
+    if p.is_dir():
+        ckpt = p / f"{which}.pt"
+        if not ckpt.is_file():
+            raise FastvipError(f"{p} has no {which}.pt (is it a fastvip run directory that "
+                               "finished at least one epoch?)")
+        return ckpt
+    if p.is_file():
+        return p
+    raise FastvipError(f"{p} is neither a run directory nor a checkpoint file")
+
+
+def inference_weights(ckpt: dict) -> tuple[dict, str]:
+    """The weights a checkpoint recommends for inference and which they are ("raw" / "ema")."""
+    which = ckpt.get("weights", "raw")
+    if "inference" in ckpt:
+        return ckpt["inference"], which
+    return ckpt["model"], "raw"

@@ -1,0 +1,479 @@
+"""``fastvip pack``: images -> one FFCV ``.beton`` (JPEG storage) + a small sidecar.
+
+Two phases, so that FFCV's writer workers never raise (a raising writer worker
+makes ``DatasetWriter`` hang):
+
+1. *Transcode*: our own worker pool opens, validates and (when needed)
+   re-encodes every image; results stream into a temp spool file on disk, so
+   memory does not grow with the number of images. Failures become listed skips.
+2. *Write*: ``DatasetWriter`` copies the spooled JPEG bytes into the
+   ``.beton`` through a stock ``RGBImageField`` whose ``encode`` takes bytes
+   that are already JPEG (no second lossy encode). The file id goes into a
+   ``BytesField``; the class names, which FFCV has no place for, go into
+   ``OUT.beton.meta.json``. Both are written to temp files and renamed at the end.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import sys
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .console import Console
+from .errors import FastvipError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MIN_SIDE = 8
+META_SUFFIX = ".meta.json"
+FORMAT = "fastvip-pack/1"
+FFCV_MIN_PAGE = 1 << 21  # FFCV's smallest page size (2 MiB)
+
+
+def meta_path(beton: str | os.PathLike) -> Path:
+    """The sidecar written beside a packed file."""
+    return Path(str(beton) + META_SUFFIX)
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class Source:
+    """What to pack: relative file paths, their labels (-1 = unlabelled), the class list."""
+    root: Path
+    files: list[str]
+    labels: list[int]
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+
+def _list_images(folder: Path, rel_to: Path, skipped: list) -> list[str]:
+    """Image files under ``folder`` (recursively, symlinked folders not followed), natural order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=lambda e: skipped.append(
+            (os.fsdecode(e.filename or folder), f"unreadable folder: {e.strerror}"))):
+        dirnames.sort(key=_natural_key)
+        for name in filenames:
+            path = Path(dirpath, name)
+            rel = os.fsdecode(path.relative_to(rel_to))
+            if name.startswith("."):
+                continue
+            if path.suffix.lower() in IMAGE_EXTS:
+                found.append(rel)
+            else:
+                skipped.append((rel, "not an image file extension"))
+    return sorted(found, key=_natural_key)
+
+
+def scan_source(src: str | os.PathLike) -> Source:
+    """Decide labelled vs unlabelled per DESIGN and list the images to pack."""
+    root = Path(src)
+    if not root.exists():
+        raise FastvipError(f"source {root} does not exist")
+    if not root.is_dir():
+        raise FastvipError(f"source {root} is not a folder")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: _natural_key(e.name))
+    except OSError as e:
+        raise FastvipError(f"cannot read source {root}: {e.strerror}") from None
+    entries = [e for e in entries if not e.name.startswith(".")]
+    dirs = [e.name for e in entries if e.is_dir()]
+    top_images = [e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS]
+    skipped: list[tuple[str, str]] = []
+
+    if dirs and top_images:
+        raise FastvipError(f"source {root} mixes image files and sub-folders; expected class "
+                           "folders (labelled) or only images / only imgs/ (unlabelled)")
+    if dirs == ["imgs"] or (not dirs):
+        folder = root / "imgs" if dirs else root
+        files = _list_images(folder, root, skipped)
+        if not files:
+            raise FastvipError(f"source {root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return Source(root, files, [-1] * len(files), [], skipped)
+
+    classes = sorted(dirs)
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        found = _list_images(root / cls, root, skipped)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise FastvipError(f"source {root} has {len(classes)} class folders but no images")
+    return Source(root, files, labels, classes, skipped)
+
+
+# ---------------------------------------------------------------- transcode
+
+def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
+    """Open, validate and normalise one image -> ``(True, (jpeg, h, w))`` or ``(False, reason)``.
+
+    Never raises. A JPEG that is already RGB, upright and small enough is kept
+    byte for byte (no generation loss); everything else is decoded fully
+    (truncated files fail here rather than being kept half-grey), EXIF-rotated,
+    converted to RGB, downscaled and encoded at ``quality``.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data:
+                return False, "empty file"
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            w0, h0 = img.size
+            if fmt == "JPEG" and max(w0, h0) > max_side:
+                # Decode at reduced scale (DCT scaling) so huge JPEGs never exist at full size.
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            keep = (fmt == "JPEG" and img.mode == "RGB" and orientation in (0, 1)
+                    and max(w0, h0) <= max_side and min(w0, h0) >= MIN_SIDE)
+            if keep:
+                return True, (data, h0, w0)
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
+            w, h = img.size
+            if min(w, h) < MIN_SIDE:
+                return False, f"too small ({w0}x{h0} px, need >= {MIN_SIDE})"
+            if max(w, h) > max_side:
+                s = max_side / max(w, h)
+                img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC,
+                                 reducing_gap=3.0)
+                w, h = img.size
+            out = io.BytesIO()
+            img.save(out, format="JPEG", quality=quality)
+            return True, (out.getvalue(), h, w)
+    except UnidentifiedImageError:
+        return False, "not a readable image"
+    except Image.DecompressionBombError:
+        return False, "image too large (decompression bomb limit)"
+    except Image.DecompressionBombWarning:
+        return False, "image too large (decompression bomb limit)"
+    except OSError as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            return False, "truncated image"
+        return False, f"unreadable: {msg}"
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a listed skip, never a crash
+        return False, f"{type(e).__name__}: {e}"
+
+
+def _to_rgb(img):
+    from PIL import Image
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit / 32-bit integer greyscale: scale to 8 bit rather than clip.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def _worker_init():
+    # Ctrl-C goes to the parent, which tears the pool down; workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.filterwarnings("ignore")
+
+
+def _transcode_job(args):
+    i, path, max_side, quality = args
+    return i, transcode(path, max_side, quality)
+
+
+# ---------------------------------------------------------------- write
+
+class _Spooled:
+    """Indexable view of the spool, handed to FFCV's writer (its workers only copy bytes)."""
+
+    def __init__(self, spool: str, offsets, sizes, heights, widths, labels, ids):
+        self.spool = spool
+        self.offsets, self.sizes = offsets, sizes
+        self.heights, self.widths, self.labels = heights, widths, labels
+        self.ids = ids
+        self._data = None
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def __getitem__(self, i):
+        if self._data is None:  # opened lazily in each writer process
+            self._data = np.memmap(self.spool, dtype=np.uint8, mode="r")
+        o, n = int(self.offsets[i]), int(self.sizes[i])
+        jpeg = self._data[o:o + n]
+        return (jpeg, int(self.heights[i]), int(self.widths[i])), int(self.labels[i]), self.ids[i]
+
+
+def _encode_prejpeg(self, destination, value, malloc):
+    """``RGBImageField.encode`` for bytes that are already a JPEG of known size."""
+    jpeg, height, width = value
+    destination["mode"] = 0  # FFCV's IMAGE_MODES['jpg']
+    destination["height"], destination["width"] = height, width
+    destination["data_ptr"], storage = malloc(jpeg.nbytes)
+    storage[:] = jpeg
+
+
+def ffcv_fields():
+    """The fields of a fastvip ``.beton``; all stock FFCV types, so any FFCV reader opens it."""
+    from ffcv.fields import BytesField, IntField, RGBImageField
+    image = RGBImageField(write_mode="jpg")
+    # Bound on the instance, not a subclass: FFCV records a field's type by exact class.
+    image.encode = types.MethodType(_encode_prejpeg, image)
+    return {"image": image, "label": IntField(), "id": BytesField()}
+
+
+def _id_bytes(name: str) -> np.ndarray:
+    return np.frombuffer(name.encode("utf-8", "surrogateescape"), dtype=np.uint8).copy()
+
+
+@dataclass
+class PackResult:
+    out: Path
+    num_images: int
+    num_classes: int
+    bytes: int
+    skipped: list[tuple[str, str]]
+    seconds: float
+
+
+def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
+         force: bool = False, strict: bool = False, console: Console | None = None) -> PackResult:
+    """Pack an image folder into ``out`` (see module docstring)."""
+    console = console or Console()
+    out = Path(out)
+    if max_side < MIN_SIDE:
+        raise FastvipError(f"--max-side must be >= {MIN_SIDE}")
+    if not 1 <= quality <= 100:
+        raise FastvipError("--quality must be in 1..100")
+    if out.suffix != ".beton":
+        raise FastvipError(f"output {out} should end in .beton")
+    if out.is_dir():
+        raise FastvipError(f"output {out} is a folder")
+    if not out.parent.is_dir():
+        raise FastvipError(f"output folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise FastvipError(f"output folder {out.parent} is not writable")
+    if (out.exists() or meta_path(out).exists()) and not force:
+        raise FastvipError(f"{out} exists; use --force to overwrite")
+    atomic.remove_stale_temps(out)
+    atomic.remove_stale_temps(meta_path(out))
+
+    source = scan_source(src)
+    workers = workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    n = len(source.files)
+    console.log(f"pack: {n} files from {source.root} "
+                f"({len(source.classes)} classes)" if source.labelled else
+                f"pack: {n} files from {source.root} (unlabelled)")
+
+    spool = atomic.temp_path_for(out.with_suffix(".spool"))
+    beton_tmp = atomic.temp_path_for(out)
+    try:
+        kept, skipped = _transcode_all(source, spool, max_side, quality, workers, console)
+        skipped = source.skipped + skipped
+        if strict and skipped:
+            raise FastvipError(f"--strict: {len(skipped)} file(s) skipped, first: "
+                               f"{skipped[0][0]} ({skipped[0][1]})")
+        if not kept["offsets"].size:
+            raise FastvipError(f"no image in {source.root} could be read "
+                               f"({len(skipped)} skipped, first: {skipped[0][1]})")
+        _write_beton(beton_tmp, spool, kept, workers, console)
+        summary = {
+            "format": FORMAT,
+            "num_samples": int(kept["offsets"].size),
+            "labelled": source.labelled,
+            "classes": source.classes,
+            "max_side": max_side,
+            "quality": quality,
+            "source": os.fsdecode(source.root.resolve()),
+            "fingerprint": fingerprint(beton_tmp),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        }
+        atomic.write_json(meta_path(out), summary)
+        atomic.commit(beton_tmp, out)
+    finally:
+        for p in (spool, beton_tmp):
+            if p.exists():
+                p.unlink()
+
+    result = PackResult(out, summary["num_samples"], len(source.classes), out.stat().st_size,
+                        skipped, time.perf_counter() - t0)
+    _print_summary(result, console)
+    return result
+
+
+def _transcode_all(source: Source, spool: Path, max_side, quality, workers, console):
+    n = len(source.files)
+    offsets = np.zeros(n, np.int64)
+    sizes = np.zeros(n, np.int64)
+    heights = np.zeros(n, np.int32)
+    widths = np.zeros(n, np.int32)
+    ok = np.zeros(n, bool)
+    skipped = []
+    jobs = ((i, os.fspath(source.root / f), max_side, quality) for i, f in enumerate(source.files))
+    pos = 0
+    # fork keeps start-up cheap; workers only use PIL/numpy, no threads are running yet.
+    ctx = get_context("fork")
+    with open(spool, "wb") as fh, console.progress("transcode", n) as bar, \
+            ctx.Pool(workers, initializer=_worker_init) as pool:
+        for i, (good, payload) in pool.imap_unordered(_transcode_job, jobs, chunksize=16):
+            if good:
+                data, h, w = payload
+                fh.write(data)
+                offsets[i], sizes[i], heights[i], widths[i], ok[i] = pos, len(data), h, w, True
+                pos += len(data)
+            else:
+                skipped.append((source.files[i], payload))
+            bar.advance(1)
+    keep = np.flatnonzero(ok)
+    ids = [Path(source.files[i]).name for i in keep]
+    kept = dict(offsets=offsets[keep], sizes=sizes[keep], heights=heights[keep],
+                widths=widths[keep], labels=np.asarray(source.labels, np.int64)[keep], ids=ids)
+    skipped.sort(key=lambda s: _natural_key(s[0]))
+    return kept, skipped
+
+
+def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Console):
+    from ffcv.writer import DatasetWriter
+    dataset = _Spooled(os.fspath(spool), kept["offsets"], kept["sizes"], kept["heights"],
+                       kept["widths"], kept["labels"], [_id_bytes(i) for i in kept["ids"]])
+    # A sample must fit in one page or FFCV's allocator raises inside a worker.
+    largest = int(kept["sizes"].max()) + max(len(i) for i in dataset.ids) + 4096
+    page = FFCV_MIN_PAGE
+    while page < largest:
+        page *= 2
+    import ffcv.writer
+    # Writer workers only copy bytes; each keeps a partly filled page, so small sets get one.
+    writers = 1 if len(dataset) < 20000 else max(1, min(workers, 4))
+    writer = DatasetWriter(os.fspath(path), ffcv_fields(), page_size=page, num_workers=writers)
+    with console.progress("write", len(dataset)) as bar:
+        # FFCV reports progress through a module-level tqdm; route it to our bar.
+        saved, ffcv.writer.tqdm = ffcv.writer.tqdm, lambda total: _BarAdapter(bar)
+        try:
+            writer.from_indexed_dataset(dataset, chunksize=256)
+        finally:
+            ffcv.writer.tqdm = saved
+
+
+class _BarAdapter:
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n):
+        self.bar.advance(n)
+
+    def close(self):
+        pass
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """Cheap identity of a packed file (size + head + tail), stored in the sidecar."""
+    import hashlib
+    size = os.path.getsize(path)
+    h = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 1 << 20:
+            f.seek(max(size - (1 << 20), 1 << 20))
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def _print_summary(r: PackResult, console: Console) -> None:
+    rows = [("output", os.fspath(r.out)), ("images", f"{r.num_images:,}"),
+            ("classes", str(r.num_classes) if r.num_classes else "unlabelled"),
+            ("bytes", f"{r.bytes:,}"), ("time", f"{r.seconds:.1f} s "
+                                                  f"({r.num_images / max(r.seconds, 1e-9):,.0f} img/s)"),
+            ("skipped", str(len(r.skipped)))]
+    console.table("pack summary", rows)
+    if r.skipped:
+        reasons: dict[str, int] = {}
+        for _, why in r.skipped:
+            reasons[why] = reasons.get(why, 0) + 1
+        console.print(f"skipped {len(r.skipped)}: " + "; ".join(f"{k} ({v})" for k, v in reasons.items()))
+        for p, why in r.skipped[:20]:
+            console.print(f"  {p}: {why}")
+        if len(r.skipped) > 20:
+            console.print(f"  ... {len(r.skipped) - 20} more in {meta_path(r.out)}")
+
+
+# ---------------------------------------------------------------- read back
+
+@dataclass
+class PackedFile:
+    """A packed file as fastvip sees it: path, labels, ids and class names."""
+    path: Path
+    classes: list[str]
+    labelled: bool
+    labels: np.ndarray
+    ids: list[str]
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def open_packed(path: str | os.PathLike) -> PackedFile:
+    """Read a ``.beton`` written by ``fastvip pack`` and its sidecar; clear errors when they disagree."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastvipError(f"data file {path} does not exist")
+    side = meta_path(path)
+    if not side.is_file():
+        raise FastvipError(f"{path} has no {side.name} beside it; pack it with `fastvip pack`")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise FastvipError(f"cannot read {side}: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise FastvipError(f"{side} is not a {FORMAT} sidecar")
+    if meta.get("fingerprint") != fingerprint(path):
+        raise FastvipError(f"{path} does not match {side.name} (one of them was replaced); re-pack it")
+    try:
+        from ffcv.reader import Reader
+        reader = Reader(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - anything FFCV fails on is "not a packed file"
+        raise FastvipError(f"{path} is not a readable FFCV file: {e}") from None
+    names = reader.field_names
+    if not {"image", "label", "id"} <= set(names):
+        raise FastvipError(f"{path} lacks fastvip's fields image/label/id (has {names})")
+    md = reader.metadata
+    labels = np.asarray(md[f"f{names.index('label')}"], dtype=np.int64)
+    id_md = md[f"f{names.index('id')}"]
+    ids = _read_ids(path, reader, id_md)
+    if len(labels) != meta["num_samples"]:
+        raise FastvipError(f"{path} holds {len(labels)} samples but its sidecar says {meta['num_samples']}")
+    return PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids)
+
+
+def _read_ids(path: Path, reader, id_md) -> list[str]:
+    # FFCV's bytes field stores (ptr, size) per sample; ptr is an absolute file offset.
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    return [bytes(data[int(p):int(p) + int(s)]).decode("utf-8", "surrogateescape")
+            for p, s in zip(id_md["ptr"], id_md["size"])]
+

@@ -1,0 +1,208 @@
+"""Recipes are data: a Python file that builds a :class:`Recipe`.
+
+A recipe file defines ``recipe = Recipe(...)``; a variant loads its base with
+:func:`load_recipe` and ``dataclasses.replace``-s it. ``--set key=value``
+overrides are parsed against the field types; an unknown key is an error
+naming the closest field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import runpy
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import FastvipError
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs. Field names are the DESIGN contract."""
+
+    # data and model
+    model: str = "resnet50"             # a timm model name (created with pretrained=False)
+    train_data: str | list[str] = ""   # packed file(s); several are concatenated (train+val)
+    val_data: str = ""                  # packed file for validation; empty = no validation
+    loader: str = "ffcv"                # "ffcv" or "dali"
+    image_size: int = 224               # train crop and eval size
+    crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
+    eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
+    # schedule
+    epochs: int = 90
+    batch_size: int = 256               # global images per step
+    lr: float = 0.1                     # peak lr at lr_batch images, scaled linearly to batch_size
+    lr_batch: int = 256
+    warmup_epochs: float = 1.0          # linear warmup from warmup_lr to the peak
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0                 # cosine floor
+    # optimiser
+    optimizer: str = "sgd"              # timm optimizer name: sgd (momentum), adamw, rmsproptf
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4          # not applied to norm layers and biases
+    # loss and regularisation
+    label_smoothing: float = 0.1
+    drop_rate: float = 0.0              # dropout before the classifier
+    drop_path_rate: float = 0.0
+    ema: bool = False                   # keep an exponential moving average of the weights
+    ema_decay: float = 0.9998
+    # speed
+    amp: str = "auto"                   # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
+    channels_last: bool = False
+    compile: bool = False               # torch.compile the model
+    workers: int = 0                    # loader threads; 0 = all cores
+    device: str = "auto"                # auto (cuda when available), cuda, cpu
+    # run
+    init_from: str = ""                 # run dir or checkpoint to start from (weights only)
+    seed: int = 0
+    out: str = ""                       # run directory; empty = runs/<recipe file name>
+    description: str = ""
+
+    @property
+    def train_files(self) -> list[str]:
+        return list(self.train_data) if isinstance(self.train_data, (list, tuple)) else \
+            ([self.train_data] if self.train_data else [])
+
+    def scaled_lr(self) -> float:
+        """Peak learning rate for this batch size (linear scaling rule)."""
+        return self.lr * self.batch_size / self.lr_batch
+
+    def validate(self) -> "Recipe":
+        """One-line errors for values that cannot work (before any data is touched)."""
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr_batch >= 1, "lr_batch must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.image_size >= 8, "image_size must be >= 8"),
+            (0 < self.eval_crop <= 1, "eval_crop must be in (0, 1]"),
+            (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.amp in AMP_CHOICES, f"amp must be one of {', '.join(AMP_CHOICES)}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.device in ("auto", "cuda", "cpu"), "device must be auto, cuda or cpu"),
+            (bool(self.model), "model is empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FastvipError(f"recipe: {message}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_text(self) -> str:
+        """A readable, valid-Python rendering of the resolved recipe."""
+        lines = ["from fastvip.recipe import Recipe", "", "recipe = Recipe("]
+        lines += [f"    {f.name}={getattr(self, f.name)!r}," for f in fields(self)]
+        return "\n".join(lines + [")", ""])
+
+
+FIELD_TYPES = typing.get_type_hints(Recipe)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Recipe)]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Run a recipe file and return its ``recipe``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastvipError(f"recipe {path} does not exist")
+    try:
+        namespace = runpy.run_path(str(path), run_name=f"fastvip_recipe_{path.stem}")
+    except FastvipError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken recipe file is bad input
+        raise FastvipError(f"recipe {path} failed to load: {type(e).__name__}: {e}") from None
+    recipe = namespace.get("recipe")
+    if not isinstance(recipe, Recipe):
+        raise FastvipError(f"recipe {path} must define `recipe = Recipe(...)`")
+    if not recipe.description and namespace.get("__doc__"):
+        recipe = dataclasses.replace(recipe, description=namespace["__doc__"].strip().splitlines()[0])
+    return recipe
+
+
+def recipe_description(path: str | Path) -> str:
+    """First line of a recipe file's docstring (without running it)."""
+    import ast
+    try:
+        doc = ast.get_docstring(ast.parse(Path(path).read_text()))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
+
+
+def parse_value(key: str, text: str):
+    """Parse ``text`` as the type of recipe field ``key`` (one-line error when it is not)."""
+    kind = FIELD_TYPES[key]
+    try:
+        if kind is bool:
+            return _parse_bool(text)
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # str | list[str]
+            parts = [p for p in text.split(",") if p]
+            return parts if len(parts) > 1 else text
+    except ValueError:
+        pass
+    else:
+        raise FastvipError(f"recipe field {key!r} has an unsupported type {kind}")
+    name = getattr(kind, "__name__", str(kind))
+    raise FastvipError(f"recipe field {key!r} expects {name}, got {text!r}")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["a=1", "b=x"]`` -> typed dict; unknown keys are errors with a suggestion."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FastvipError(f"--set expects key=value, got {pair!r}")
+        if key not in FIELD_TYPES:
+            close = difflib.get_close_matches(key, field_names(), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise FastvipError(f"unknown recipe field {key!r}{hint}")
+        out[key] = parse_value(key, value)
+    return out
+
+
+def resolve(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file, apply ``--set`` overrides and validate."""
+    recipe = load_recipe(path)
+    recipe = dataclasses.replace(recipe, **parse_overrides(overrides or []))
+    return recipe.validate()
+
+
+def from_dict(data: dict) -> Recipe:
+    """Rebuild a saved recipe (``recipe.json`` in a run directory)."""
+    known = {k: v for k, v in data.items() if k in FIELD_TYPES}
+    return Recipe(**known)
+
+
+def dumps(recipe: Recipe) -> str:
+    return json.dumps(recipe.to_dict(), indent=2) + "\n"

@@ -1,0 +1,55 @@
+"""Data loaders behind one small interface.
+
+A loader reads a file written by ``fastvip pack`` and is an iterable of
+``(images, labels)`` batches already on the training device:
+
+- ``images``: ``uint8`` NCHW (channels-last in memory), cropped and flipped;
+  pixel work (AutoAugment, normalisation, mixing) is done afterwards by the
+  batched functions in :mod:`fastvip.augment`;
+- ``labels``: ``int64`` (``-1`` for unlabelled samples).
+
+Every loader has ``__iter__``, ``__len__`` (batches per epoch) and
+``set_epoch(epoch)``; randomness is keyed on (seed, epoch, sample index)
+(:mod:`loaders.keyed`), so an epoch's batches do not depend on history.
+Train loaders shuffle and drop the last partial batch; eval loaders visit
+every sample exactly once, in file order.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Iterator, Protocol
+
+import torch
+
+# name -> "module:class"; imported on use so a missing optional backend (DALI)
+# only matters to the recipes that ask for it.
+LOADERS = {
+    "ffcv": "loaders.ffcv:FFCVLoader",
+}
+
+
+class Loader(Protocol):
+    num_samples: int
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: int,
+                 device: torch.device, seed: int = 0, workers: int = 0,
+                 eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0)) -> Loader:
+    """Create the loader named ``kind`` (a key of :data:`LOADERS`)."""
+    from fastvip.errors import FastvipError
+    if kind not in LOADERS:
+        raise FastvipError(f"unknown loader {kind!r}; choose one of {', '.join(LOADERS)}")
+    module, cls = LOADERS[kind].split(":")
+    try:
+        loader_cls = getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise FastvipError(f"loader {kind!r} is not available: {e}") from None
+    return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
+                      device=device, seed=seed, workers=workers, eval_crop=eval_crop,
+                      crop_scale=crop_scale)

@@ -1,0 +1,67 @@
+"""Small image sets made at test time, packed once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastvip.console import Console
+from fastvip.pack import pack
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 60)]
+
+
+def write_image(path: Path, rgb: np.ndarray, fmt: str = "JPEG", **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb.astype(np.uint8)).save(path, format=fmt, **kw)
+    return path
+
+
+def colour_image(rng, colour, h: int, w: int) -> np.ndarray:
+    """A noisy image whose dominant colour is its class: an easy, learnable task."""
+    base = np.array(colour, np.float32)[None, None] * rng.uniform(0.6, 1.0)
+    img = base + rng.normal(0, 25, (h, w, 3))
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    img[y:y + h // 3, x:x + w // 3] = rng.uniform(0, 255, 3)  # a distractor patch
+    return img.clip(0, 255)
+
+
+def make_colour_tree(root: Path, per_class: int, seed: int, classes: int = 4) -> Path:
+    """``root/<class>/*.JPEG`` with varied, non-square sizes (exercises the crops)."""
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        for i in range(per_class):
+            h, w = int(rng.integers(28, 64)), int(rng.integers(28, 64))
+            write_image(root / f"class_{k}" / f"c{k}_{i}.JPEG", colour_image(rng, COLOURS[k], h, w),
+                        quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> dict:
+    """Packed train (4 x 24) and val (4 x 12) colour sets, plus an unlabelled test set."""
+    root = tmp_path_factory.mktemp("colour")
+    quiet = Console(quiet=True)
+    make_colour_tree(root / "src" / "train", 24, seed=1)
+    make_colour_tree(root / "src" / "val", 12, seed=2)
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        write_image(root / "src" / "test" / "imgs" / f"img_{i}.JPEG",
+                    colour_image(rng, COLOURS[i % 4], 40, 40))
+    out = {}
+    for split in ("train", "val", "test"):
+        out[split] = root / f"{split}.beton"
+        pack(root / "src" / split, out[split], workers=2, console=quiet)
+    out["root"] = root
+    return out
+
+
+@pytest.fixture
+def cpu_env(monkeypatch):
+    """Keep subprocess CLIs on CPU and quiet about CUDA."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    return dict(os.environ)

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+
+from loaders import build_loader
+from loaders.keyed import epoch_key, epoch_order, flip_mask, random_resized_crop, uniform
+
+CPU = torch.device("cpu")
+
+
+def _loader(path, train, **kw):
+    args = dict(batch_size=16, image_size=24, device=CPU, seed=7, workers=2)
+    args.update(kw)
+    return build_loader("ffcv", path, train=train, **args)
+
+
+def test_keyed_crop_matches_torchvision_distribution():
+    from torchvision.transforms import RandomResizedCrop
+    key = np.uint64(epoch_key(3, 1))
+    ours = []
+    for idx in range(4000):
+        top, left, h, w = random_resized_crop(60, 80, key, idx, 0.08, 1.0, np.log(3 / 4), np.log(4 / 3))
+        assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80 and h > 0 and w > 0
+        ours.append((h * w / 4800, w / h, top + h / 2, left + w / 2))
+    torch.manual_seed(0)
+    ref = []
+    for _ in range(4000):
+        top, left, h, w = RandomResizedCrop.get_params(torch.zeros(3, 60, 80), (0.08, 1.0), (3 / 4, 4 / 3))
+        ref.append((h * w / 4800, w / h, top + h / 2, left + w / 2))
+    ours, ref = np.array(ours), np.array(ref)
+    # same sampler: area, aspect ratio and crop centre agree in distribution
+    for col, tol in ((0, 0.02), (1, 0.02), (2, 0.6), (3, 0.8)):
+        assert abs(ours[:, col].mean() - ref[:, col].mean()) < tol, col
+        assert abs(ours[:, col].std() - ref[:, col].std()) < 3 * tol, col
+    # integer rounding of small crops moves the ratio a little outside [3/4, 4/3], as in torchvision
+    assert ours[:, 0].min() >= 0.07 and 0.7 <= ours[:, 1].min() and ours[:, 1].max() <= 1.4
+
+
+def test_keyed_randomness_depends_only_on_seed_epoch_index():
+    k = np.uint64(epoch_key(1, 0))
+    assert uniform(k, 5, 0) == uniform(np.uint64(epoch_key(1, 0)), 5, 0)
+    assert uniform(k, 5, 0) != uniform(k, 6, 0)
+    assert uniform(k, 5, 0) != uniform(np.uint64(epoch_key(1, 1)), 5, 0)
+    assert uniform(k, 5, 0) != uniform(np.uint64(epoch_key(2, 0)), 5, 0)
+    m = flip_mask(k, np.arange(4000, dtype=np.uint64))
+    assert 0.45 < m.mean() < 0.55
+    idx = np.arange(100)
+    assert np.array_equal(epoch_order(1, 3, idx), epoch_order(1, 3, idx))
+    assert not np.array_equal(epoch_order(1, 3, idx), epoch_order(1, 4, idx))
+    assert sorted(epoch_order(1, 3, idx)) == list(idx)
+
+
+def test_train_batches_shape_dtype_and_reproducible_crops(colour_data):
+    a = _loader(colour_data["train"], True)
+    assert len(a) == 96 // 16
+    first = [(x.clone(), y.clone()) for x, y in a]
+    x, y = first[0]
+    assert x.shape == (16, 3, 24, 24) and x.dtype == torch.uint8
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2, 3}
+    assert 0 <= int(x.min()) and int(x.max()) <= 255 and x.float().std() > 10
+
+    # a fresh loader with the same seed and epoch: identical crops, flips and order
+    b = _loader(colour_data["train"], True)
+    for (xa, ya), (xb, yb) in zip(first, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # another epoch: another order and other crops
+    b.set_epoch(1)
+    xb, yb = next(iter(b))
+    assert not torch.equal(first[0][0], xb)
+    # another seed: other crops
+    c = _loader(colour_data["train"], True, seed=8)
+    assert not torch.equal(first[0][0], next(iter(c))[0])
+
+
+def test_eval_sees_every_sample_once_in_file_order(colour_data):
+    from fastvip.pack import open_packed
+    packed = open_packed(colour_data["val"])
+    ev = _loader(colour_data["val"], False, batch_size=10)
+    labels = torch.cat([y for _, y in ev]).numpy()
+    assert len(ev) == 5  # 48 samples: 4 full batches + a partial one, nothing dropped
+    assert np.array_equal(labels, packed.labels)
+    # deterministic: the same pixels twice, whatever the epoch
+    ev.set_epoch(3)
+    x1 = torch.cat([x for x, _ in ev])
+    x2 = torch.cat([x for x, _ in ev])
+    assert x1.shape == (48, 3, 24, 24) and torch.equal(x1, x2)
+
+
+def test_eval_crop_is_centre_of_shorter_side(tmp_path):
+    # a 40x80 image, left half black, right half white: the centre crop of 0.875 x 40
+    # spans x in [22.5, 57.5), so the output's left half is dark and right half bright
+    from fastvip.console import Console
+    from fastvip.pack import pack
+    from conftest import write_image
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, 40:] = 255
+    write_image(tmp_path / "s" / "c" / "a.png", img, fmt="PNG")
+    pack(tmp_path / "s", tmp_path / "e.beton", console=Console(quiet=True))
+    x, _ = next(iter(_loader(tmp_path / "e.beton", False, image_size=16)))
+    x = x[0].float()
+    assert x[:, :, :6].mean() < 20 and x[:, :, 10:].mean() > 235
+
+
+def test_early_break_then_next_epoch_works(colour_data):
+    a = _loader(colour_data["train"], True)
+    for i, _ in enumerate(a):
+        if i == 1:
+            break
+    a.set_epoch(1)
+    assert sum(1 for _ in a) == len(a)
+
+
+def test_unknown_loader_is_an_error(colour_data):
+    from fastvip.errors import FastvipError
+    with pytest.raises(FastvipError, match="unknown loader"):
+        build_loader("nope", colour_data["train"], train=True, batch_size=4, image_size=8, device=CPU)

@@ -1,0 +1,88 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fastvip.console import Console
+from fastvip.errors import FastvipError
+from fastvip.pack import open_packed
+from fastvip.predict import predict, read_submission, score, write_submission
+from fastvip.recipe import Recipe
+from fastvip.train import run
+
+Q = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def trained(colour_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pred") / "run"
+    r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
+               image_size=24, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5, crop_scale_min=0.3,
+               workers=2, ema=True, ema_decay=0.9)
+    run(r, run_dir, console=Q)
+    return run_dir
+
+
+def test_predict_val_matches_training_eval_and_writes_npz(trained, colour_data, tmp_path):
+    import json
+    best = json.loads((trained / "best.json").read_text())
+    res = predict(trained, colour_data["val"], out=tmp_path / "p.npz", console=Q)
+    assert res["top1"] == pytest.approx(best["top1"], abs=1e-6)
+    assert res["weights"] == best["weights"]
+    z = np.load(tmp_path / "p.npz")
+    assert z["probs"].dtype == np.float16 and z["probs"].shape == (48, 4)
+    np.testing.assert_allclose(z["probs"].astype(np.float32).sum(1), 1.0, atol=5e-3)
+    assert list(z["ids"]) == open_packed(colour_data["val"]).ids
+    assert list(z["classes"]) == ["class_0", "class_1", "class_2", "class_3"]
+    assert str(z["tta"]) == "none"
+
+
+def test_flip_tta_averages_two_views(trained, colour_data, tmp_path):
+    plain = predict(trained, colour_data["val"], out=tmp_path / "a.npz", console=Q)
+    flip = predict(trained, colour_data["val"], tta="flip", out=tmp_path / "b.npz", console=Q)
+    a, b = np.load(tmp_path / "a.npz")["probs"], np.load(tmp_path / "b.npz")["probs"]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert abs(plain["top1"] - flip["top1"]) <= 25.0
+
+
+def test_submission_round_trip_and_score(trained, colour_data, tmp_path):
+    sub = tmp_path / "sub.csv"
+    res = predict(trained, colour_data["test"], submission=sub, console=Q)
+    text = sub.read_text().splitlines()
+    assert text[0] == "Image IDs,Predictions"
+    assert len(text) == 11 and text[1].split(",")[0] == "img_0.JPEG"
+    assert all(0 <= int(row.split(",")[1]) < 4 for row in text[1:])
+    assert res["top1"] is None  # unlabelled
+    # the test images were drawn with colour i % 4
+    labels = tmp_path / "labels.csv"
+    write_submission(labels, [f"img_{i}.JPEG" for i in range(10)], [i % 4 for i in range(10)])
+    s = score(sub, labels)
+    assert s["n"] == 10 and s["top1"] >= 70.0
+    assert score(labels, labels)["top1"] == 100.0
+
+
+def test_score_uses_common_ids_and_rejects_bad_files(tmp_path):
+    write_submission(tmp_path / "truth.csv", ["a", "b", "c", "d"], [0, 1, 2, 3])
+    write_submission(tmp_path / "part.csv", ["a", "b", "x"], [0, 2, 1])
+    s = score(tmp_path / "part.csv", tmp_path / "truth.csv")
+    assert s == {"top1": 50.0, "n": 2, "missing": 2, "extra": 1}
+    (tmp_path / "bad.csv").write_text("id,pred\na,1\n")
+    with pytest.raises(FastvipError, match="first line must be"):
+        read_submission(tmp_path / "bad.csv")
+    (tmp_path / "dup.csv").write_text("Image IDs,Predictions\na,1\na,2\n")
+    with pytest.raises(FastvipError, match="duplicate id"):
+        read_submission(tmp_path / "dup.csv")
+    (tmp_path / "nan.csv").write_text("Image IDs,Predictions\na,cat\n")
+    with pytest.raises(FastvipError, match="not a class index"):
+        read_submission(tmp_path / "nan.csv")
+    write_submission(tmp_path / "other.csv", ["zz"], [1])
+    with pytest.raises(FastvipError, match="share no image ids"):
+        score(tmp_path / "other.csv", tmp_path / "truth.csv")
+
+
+def test_predict_rejects_missing_run(tmp_path, colour_data):
+    with pytest.raises(FastvipError, match="neither a run directory nor a checkpoint"):
+        predict(tmp_path / "nope", colour_data["val"], console=Q)
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FastvipError, match="has no best.pt"):
+        predict(tmp_path / "empty_run", colour_data["val"], console=Q)

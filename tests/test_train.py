@@ -1,0 +1,129 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fastvip.console import Console
+from fastvip.errors import FastvipError
+from fastvip.recipe import Recipe
+from fastvip.train import run
+
+Q = Console(quiet=True)
+
+
+def _recipe(data, **kw) -> Recipe:
+    base = Recipe(model="test_resnet", train_data=str(data["train"]), val_data=str(data["val"]),
+                  image_size=24, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5,
+                  weight_decay=1e-4, label_smoothing=0.1, crop_scale_min=0.3, workers=2, seed=3)
+    return dataclasses.replace(base, **kw).validate()
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_epochs_learn_the_easy_set(colour_data, tmp_path):
+    summary = run(_recipe(colour_data, ema=True, ema_decay=0.9), tmp_path / "r", console=Q)
+    lines = _metrics(tmp_path / "r")
+    start, epochs = lines[0], lines[1:]
+    assert start["event"] == "start" and start["loader"] == "ffcv" and start["world_size"] == 1
+    assert start["device"] == "cpu" and start["model"] == "test_resnet"
+    assert start["resumed_from_epoch"] is None
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert {"train_loss", "loss_ce", "val_top1", "val_top1_ema", "lr", "img_per_s"} <= e.keys()
+    # 4 colour classes: chance is 25%
+    assert epochs[-1]["val_top1"] >= 70.0
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert summary["best_top1"] == max(max(e["val_top1"], e["val_top1_ema"]) for e in epochs)
+    run_dir = tmp_path / "r"
+    assert (run_dir / "recipe.json").is_file() and (run_dir / "recipe.py").is_file()
+    assert json.loads((run_dir / "best.json").read_text())["weights"] in ("raw", "ema")
+    assert json.loads((run_dir / "recipe.json").read_text())["model"] == "test_resnet"
+
+
+def test_resume_equals_uninterrupted(colour_data, tmp_path):
+    recipe = _recipe(colour_data, ema=True, ema_decay=0.9)
+    run(recipe, tmp_path / "full", console=Q)
+    run(recipe, tmp_path / "cut", console=Q, stop_after=1)
+    assert [e["epoch"] for e in _metrics(tmp_path / "cut")[1:]] == [1]
+    with pytest.raises(FastvipError, match="--resume"):
+        run(recipe, tmp_path / "cut", console=Q)
+    run(recipe, tmp_path / "cut", console=Q, resume=True)
+
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert full["step"] == cut["step"] and full["epoch"] == cut["epoch"] == 2
+    for key in ("model", "ema"):
+        for name, t in full[key].items():
+            torch.testing.assert_close(cut[key][name], t, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+    lines = _metrics(tmp_path / "cut")
+    starts = [l for l in lines if l["event"] == "start"]
+    assert [s["resumed_from_epoch"] for s in starts] == [None, 1]
+    assert [l["epoch"] for l in lines if l["event"] == "epoch"] == [1, 2]
+    fl = [l for l in _metrics(tmp_path / "full") if l["event"] == "epoch"]
+    cl = [l for l in lines if l["event"] == "epoch"]
+    assert cl[1]["train_loss"] == pytest.approx(fl[1]["train_loss"], rel=1e-5)
+
+
+def test_same_seed_same_losses_and_resume_needs_same_recipe(colour_data, tmp_path):
+    r = _recipe(colour_data, epochs=1, val_data="")
+    run(r, tmp_path / "a", console=Q)
+    run(r, tmp_path / "b", console=Q)
+    la = _metrics(tmp_path / "a")[1]["train_loss"]
+    assert la == _metrics(tmp_path / "b")[1]["train_loss"]
+    with pytest.raises(FastvipError, match="changed: lr"):
+        run(dataclasses.replace(r, lr=0.1), tmp_path / "a", console=Q, resume=True)
+
+
+def test_init_from_loads_weights_only(colour_data, tmp_path):
+    run(_recipe(colour_data, epochs=1), tmp_path / "stage1", console=Q)
+    r2 = _recipe(colour_data, epochs=1, init_from=str(tmp_path / "stage1"), lr=1e-6, warmup_epochs=0)
+    run(r2, tmp_path / "stage2", console=Q)
+    s1 = _metrics(tmp_path / "stage1")[-1]["val_top1"]
+    s2 = _metrics(tmp_path / "stage2")[-1]["val_top1"]
+    assert abs(s1 - s2) <= 5.0  # starts where stage 1 ended (lr ~0 keeps it there)
+    with pytest.raises(FastvipError, match="init_from .* does not exist; train"):
+        run(_recipe(colour_data, init_from=str(tmp_path / "missing")), tmp_path / "s3", console=Q)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(batch_size=512), "larger than the 96 training images"),
+    (dict(model="resnet_nonexistent18"), "unknown timm model"),
+    (dict(train_data="missing.beton"), "does not exist"),
+])
+def test_setup_errors(colour_data, tmp_path, kw, message):
+    with pytest.raises(FastvipError, match=message):
+        run(_recipe(colour_data, **kw), tmp_path / "r", console=Q)
+
+
+def test_class_mismatch_between_train_and_val(colour_data, tmp_path):
+    from conftest import make_colour_tree
+    from fastvip.pack import pack
+    make_colour_tree(tmp_path / "three", 4, seed=5, classes=3)
+    pack(tmp_path / "three", tmp_path / "three.beton", console=Q)
+    with pytest.raises(FastvipError, match="class lists differ"):
+        run(_recipe(colour_data, val_data=str(tmp_path / "three.beton")), tmp_path / "r", console=Q)
+
+
+def test_schedule_warmup_then_cosine():
+    from fastvip.schedule import lr_at
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 1e-3
+
+
+def test_ema_tracks_with_warmup():
+    from fastvip.ema import EMA
+    m = torch.nn.Linear(2, 1)
+    ema = EMA(m, decay=0.5, warmup=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+        m.bias.fill_(0.0)
+    before = ema.module.weight.clone()
+    ema.update(m, step=0)
+    torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5)
+    assert EMA(m, 0.999).decay_at(0) == pytest.approx(0.1)
