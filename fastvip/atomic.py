@@ -68,7 +68,8 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
-    write_bytes(target, text.encode("utf-8"))
+    # surrogateescape: ids from non-UTF-8 file names are written back as their original bytes
+    write_bytes(target, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(target: str | os.PathLike, obj) -> None:

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except FastvipError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from .console import printable
+        print(printable(f"error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

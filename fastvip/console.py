@@ -15,6 +15,11 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 
+def printable(text: str) -> str:
+    """Text safe for any UTF-8 stream: undecodable file-name bytes become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class Console:
     """Where fastvip commands print. ``is_tty`` decides rich vs plain output."""
 
@@ -33,6 +38,7 @@ class Console:
 
     def print(self, message: str = "") -> None:
         """A line that is always shown (summaries, results)."""
+        message = printable(message)
         if self.is_tty:
             self._rich.print(message, markup=False)
         else:
@@ -44,12 +50,12 @@ class Console:
             from rich.table import Table
             t = Table(title=title, show_header=False)
             for k, v in rows:
-                t.add_row(k, v)
+                t.add_row(printable(k), printable(v))
             self._rich.print(t)
         else:
             print(title, file=self.stream)
             for k, v in rows:
-                print(f"  {k}: {v}", file=self.stream)
+                print(printable(f"  {k}: {v}"), file=self.stream)
             self.stream.flush()
 
     @contextmanager

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -50,13 +52,21 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """``torch.save`` through a temp file + rename: the previous file stays usable until then."""
     with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        # Fault-injection hook for the kill-during-checkpoint test: hold the written temp
+        # file before the rename so a test can kill the run exactly there.
+        delay = float(os.environ.get("FASTVIP_TEST_CHECKPOINT_DELAY", "0") or 0)
+        if delay:
+            time.sleep(delay)
 
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise FastvipError(f"cannot read checkpoint {path}: {e}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise FastvipError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or not ({"model", "inference"} & ckpt.keys()):
+        raise FastvipError(f"{path} is not a fastvip checkpoint")
+    return ckpt
 
 
 def find_weights(run_or_ckpt: str | Path, which: str = "best") -> Path:

@@ -18,8 +18,8 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
-import sys
 import time
 import types
 import warnings
@@ -35,6 +35,10 @@ from .errors import FastvipError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_SIDE = 8
+# JPEGs are decoded reduced (DCT scaling, at most 1/8 per side) so only the reduced
+# size must fit; other formats decode at full size.
+MAX_DECODED_PIXELS = 64_000_000   # ~190 MB of RGB per worker
+MAX_JPEG_PIXELS = 64 * MAX_DECODED_PIXELS
 META_SUFFIX = ".meta.json"
 FORMAT = "fastvip-pack/1"
 FFCV_MIN_PAGE = 1 << 21  # FFCV's smallest page size (2 MiB)
@@ -64,21 +68,36 @@ class Source:
 
 
 def _list_images(folder: Path, rel_to: Path, skipped: list) -> list[str]:
-    """Image files under ``folder`` (recursively, symlinked folders not followed), natural order."""
+    """Image files under ``folder`` (recursively, symlinked folders not followed), natural order.
+
+    Everything that is not packed is listed in ``skipped`` with a reason.
+    """
+    def unreadable(e: OSError):
+        skipped.append((os.fsdecode(os.path.relpath(e.filename or folder, rel_to)),
+                        f"unreadable folder: {e.strerror}"))
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=lambda e: skipped.append(
-            (os.fsdecode(e.filename or folder), f"unreadable folder: {e.strerror}"))):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=unreadable):
         dirnames.sort(key=_natural_key)
+        for name in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                dirnames.remove(name)  # never follow: a link can loop back up the tree
+                skipped.append((os.path.relpath(os.path.join(dirpath, name), rel_to),
+                                "symlinked folder not followed"))
         for name in filenames:
-            path = Path(dirpath, name)
-            rel = os.fsdecode(path.relative_to(rel_to))
-            if name.startswith("."):
-                continue
-            if path.suffix.lower() in IMAGE_EXTS:
+            rel = os.path.relpath(os.path.join(dirpath, name), rel_to)
+            if Path(name).suffix.lower() in IMAGE_EXTS:
                 found.append(rel)
             else:
                 skipped.append((rel, "not an image file extension"))
     return sorted(found, key=_natural_key)
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "other"
+    except OSError:  # a symlink loop raises instead of answering
+        return "other"
 
 
 def scan_source(src: str | os.PathLike) -> Source:
@@ -92,17 +111,31 @@ def scan_source(src: str | os.PathLike) -> Source:
         entries = sorted(os.scandir(root), key=lambda e: _natural_key(e.name))
     except OSError as e:
         raise FastvipError(f"cannot read source {root}: {e.strerror}") from None
-    entries = [e for e in entries if not e.name.startswith(".")]
-    dirs = [e.name for e in entries if e.is_dir()]
-    top_images = [e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS]
     skipped: list[tuple[str, str]] = []
+    dirs, top_images = [], []
+    for e in entries:
+        kind = _entry_kind(e)
+        if kind == "dir":
+            if e.name.startswith("."):
+                skipped.append((e.name, "hidden folder ignored"))
+            else:
+                dirs.append(e.name)
+        elif kind == "file":
+            if Path(e.name).suffix.lower() in IMAGE_EXTS:
+                top_images.append(e.name)
+            else:
+                skipped.append((e.name, "not an image file extension"))
+        else:
+            skipped.append((e.name, "not a file or folder (broken or looping symlink?)"))
 
     if dirs and top_images:
         raise FastvipError(f"source {root} mixes image files and sub-folders; expected class "
                            "folders (labelled) or only images / only imgs/ (unlabelled)")
-    if dirs == ["imgs"] or (not dirs):
-        folder = root / "imgs" if dirs else root
-        files = _list_images(folder, root, skipped)
+    if dirs == ["imgs"] or not dirs:
+        if dirs:
+            files = _list_images(root / "imgs", root, skipped)
+        else:
+            files = sorted(top_images, key=_natural_key)
         if not files:
             raise FastvipError(f"source {root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
         return Source(root, files, [-1] * len(files), [], skipped)
@@ -129,17 +162,21 @@ def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
     converted to RGB, downscaled and encoded at ``quality``.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
+    Image.MAX_IMAGE_PIXELS = None  # replaced by the limits below, which know about draft()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             with open(path, "rb") as f:
                 data = f.read()
             if not data:
                 return False, "empty file"
             img = Image.open(io.BytesIO(data))
             fmt = img.format
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
             w0, h0 = img.size
+            limit = MAX_JPEG_PIXELS if fmt == "JPEG" else MAX_DECODED_PIXELS
+            if w0 * h0 > limit:
+                return False, f"image too large to decode ({w0}x{h0})"
+            orientation = img.getexif().get(0x0112, 1)
             if fmt == "JPEG" and max(w0, h0) > max_side:
                 # Decode at reduced scale (DCT scaling) so huge JPEGs never exist at full size.
                 img.draft("RGB", (max_side, max_side))
@@ -163,10 +200,6 @@ def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
             return True, (out.getvalue(), h, w)
     except UnidentifiedImageError:
         return False, "not a readable image"
-    except Image.DecompressionBombError:
-        return False, "image too large (decompression bomb limit)"
-    except Image.DecompressionBombWarning:
-        return False, "image too large (decompression bomb limit)"
     except OSError as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
@@ -191,9 +224,40 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def _worker_init():
-    # Ctrl-C goes to the parent, which tears the pool down; workers stay quiet.
+# ---------------------------------------------------------------- child processes
+
+_CHILD_LOG: str | None = None   # set while pack runs: children fork with these settings
+
+
+def _in_child_after_fork() -> None:
+    """Every process pack forks (its pool, FFCV's writers) dies with pack and stays quiet.
+
+    PR_SET_PDEATHSIG: a SIGKILL of pack alone (not its group) still ends the workers,
+    so none keeps writing. Ctrl-C is handled by pack, which removes its temp files.
+    A writer's traceback goes to a log that pack turns into a one-line error.
+    """
+    if _CHILD_LOG is None:
+        return
+    parent = _PARENT_PID
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = os.open(_CHILD_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+_PARENT_PID = os.getpid()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_child_after_fork)
+
+
+def _worker_init():
     warnings.filterwarnings("ignore")
 
 
@@ -272,12 +336,14 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
         raise FastvipError(f"output {out} is a folder")
     if not out.parent.is_dir():
         raise FastvipError(f"output folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise FastvipError(f"output folder {out.parent} is not writable")
+    try:  # a real probe: os.access says yes to root even on a read-only file system
+        atomic.temp_path_for(out).unlink()
+    except OSError as e:
+        raise FastvipError(f"output folder {out.parent} is not writable: {e.strerror or e}") from None
     if (out.exists() or meta_path(out).exists()) and not force:
         raise FastvipError(f"{out} exists; use --force to overwrite")
-    atomic.remove_stale_temps(out)
-    atomic.remove_stale_temps(meta_path(out))
+    for target in (out, meta_path(out), out.with_suffix(".spool"), out.with_suffix(".log")):
+        atomic.remove_stale_temps(target)  # left by a pack that was killed
 
     source = scan_source(src)
     workers = workers or os.cpu_count() or 1
@@ -287,8 +353,11 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
                 f"({len(source.classes)} classes)" if source.labelled else
                 f"pack: {n} files from {source.root} (unlabelled)")
 
+    global _CHILD_LOG, _PARENT_PID
     spool = atomic.temp_path_for(out.with_suffix(".spool"))
     beton_tmp = atomic.temp_path_for(out)
+    child_log = atomic.temp_path_for(out.with_suffix(".log"))
+    _CHILD_LOG, _PARENT_PID = os.fspath(child_log), os.getpid()
     try:
         kept, skipped = _transcode_all(source, spool, max_side, quality, workers, console)
         skipped = source.skipped + skipped
@@ -298,7 +367,7 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
         if not kept["offsets"].size:
             raise FastvipError(f"no image in {source.root} could be read "
                                f"({len(skipped)} skipped, first: {skipped[0][1]})")
-        _write_beton(beton_tmp, spool, kept, workers, console)
+        _write_beton(beton_tmp, spool, kept, workers, console, child_log, out.name)
         summary = {
             "format": FORMAT,
             "num_samples": int(kept["offsets"].size),
@@ -310,10 +379,15 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
             "fingerprint": fingerprint(beton_tmp),
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
         }
-        atomic.write_json(meta_path(out), summary)
+        # The sidecar lists the old and the new pack while the two files are swapped, so
+        # whichever .beton is on disk at a kill has its entry; then only the new one stays.
+        previous = _entry_for(out)
+        atomic.write_json(meta_path(out), _sidecar([summary] + ([previous] if previous else [])))
         atomic.commit(beton_tmp, out)
+        atomic.write_json(meta_path(out), _sidecar([summary]))
     finally:
-        for p in (spool, beton_tmp):
+        _CHILD_LOG = None
+        for p in (spool, beton_tmp, child_log):
             if p.exists():
                 p.unlink()
 
@@ -335,17 +409,20 @@ def _transcode_all(source: Source, spool: Path, max_side, quality, workers, cons
     pos = 0
     # fork keeps start-up cheap; workers only use PIL/numpy, no threads are running yet.
     ctx = get_context("fork")
-    with open(spool, "wb") as fh, console.progress("transcode", n) as bar, \
-            ctx.Pool(workers, initializer=_worker_init) as pool:
-        for i, (good, payload) in pool.imap_unordered(_transcode_job, jobs, chunksize=16):
-            if good:
-                data, h, w = payload
-                fh.write(data)
-                offsets[i], sizes[i], heights[i], widths[i], ok[i] = pos, len(data), h, w, True
-                pos += len(data)
-            else:
-                skipped.append((source.files[i], payload))
-            bar.advance(1)
+    try:
+        with open(spool, "wb") as fh, console.progress("transcode", n) as bar, \
+                ctx.Pool(workers, initializer=_worker_init) as pool:
+            for i, (good, payload) in pool.imap_unordered(_transcode_job, jobs, chunksize=16):
+                if good:
+                    data, h, w = payload
+                    fh.write(data)
+                    offsets[i], sizes[i], heights[i], widths[i], ok[i] = pos, len(data), h, w, True
+                    pos += len(data)
+                else:
+                    skipped.append((source.files[i], payload))
+                bar.advance(1)
+    except OSError as e:
+        raise FastvipError(f"cannot write {spool.parent}: {e.strerror or e}") from None
     keep = np.flatnonzero(ok)
     ids = [Path(source.files[i]).name for i in keep]
     kept = dict(offsets=offsets[keep], sizes=sizes[keep], heights=heights[keep],
@@ -354,7 +431,11 @@ def _transcode_all(source: Source, spool: Path, max_side, quality, workers, cons
     return kept, skipped
 
 
-def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Console):
+def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Console,
+                 child_log: Path, name: str):
+    import threading
+    import _thread
+    import ffcv.writer
     from ffcv.writer import DatasetWriter
     dataset = _Spooled(os.fspath(spool), kept["offsets"], kept["sizes"], kept["heights"],
                        kept["widths"], kept["labels"], [_id_bytes(i) for i in kept["ids"]])
@@ -363,17 +444,86 @@ def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Con
     page = FFCV_MIN_PAGE
     while page < largest:
         page *= 2
-    import ffcv.writer
     # Writer workers only copy bytes; each keeps a partly filled page, so small sets get one.
     writers = 1 if len(dataset) < 20000 else max(1, min(workers, 4))
+    need = int(kept["sizes"].sum()) + (writers + 1) * page + len(dataset) * 64
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise FastvipError(f"not enough free space in {path.parent}: the pack needs about "
+                           f"{need / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free")
     writer = DatasetWriter(os.fspath(path), ffcv_fields(), page_size=page, num_workers=writers)
+
+    # FFCV waits forever for a writer process that died (disk full, ...): watch them.
+    procs, failed, done = [], [], threading.Event()
+
+    def record(*args, **kwargs):
+        proc = saved_process(*args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    def watch():
+        while not done.wait(0.2):
+            bad = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if bad:
+                failed.append(bad[0])
+                _thread.interrupt_main()
+                return
+
+    saved_process, saved_tqdm = ffcv.writer.Process, ffcv.writer.tqdm
+    watcher = threading.Thread(target=watch, daemon=True)
     with console.progress("write", len(dataset)) as bar:
         # FFCV reports progress through a module-level tqdm; route it to our bar.
-        saved, ffcv.writer.tqdm = ffcv.writer.tqdm, lambda total: _BarAdapter(bar)
+        ffcv.writer.Process, ffcv.writer.tqdm = record, lambda total: _BarAdapter(bar)
+        watcher.start()
         try:
             writer.from_indexed_dataset(dataset, chunksize=256)
+        except KeyboardInterrupt:
+            if not failed:
+                raise
+            _release_shared_memory(writer)
+            raise FastvipError(f"writing {name} failed: {_last_error(child_log)}") from None
         finally:
-            ffcv.writer.tqdm = saved
+            done.set()
+            ffcv.writer.Process, ffcv.writer.tqdm = saved_process, saved_tqdm
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join()
+
+
+def _release_shared_memory(writer) -> None:
+    """FFCV frees its metadata block only on success; do it after a failed write."""
+    shm = getattr(writer, "metadata_sm", None)
+    if shm is not None and not isinstance(shm, int):
+        shm.close()
+        shm.unlink()
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "a writer process exited with an error"
+
+
+def _sidecar(entries: list[dict]) -> dict:
+    return {"format": FORMAT, "entries": entries}
+
+
+def _entry_for(beton: Path) -> dict | None:
+    """The sidecar entry that describes ``beton`` as it is on disk now (None if none does)."""
+    side = meta_path(beton)
+    if not beton.is_file() or not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != FORMAT:
+        return None
+    fp = fingerprint(beton)
+    return next((e for e in meta.get("entries", []) if e.get("fingerprint") == fp), None)
 
 
 class _BarAdapter:
@@ -447,12 +597,13 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
     if not side.is_file():
         raise FastvipError(f"{path} has no {side.name} beside it; pack it with `fastvip pack`")
     try:
-        meta = json.loads(side.read_text())
+        sidecar = json.loads(side.read_text())
     except (OSError, ValueError) as e:
         raise FastvipError(f"cannot read {side}: {e}") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise FastvipError(f"{side} is not a {FORMAT} sidecar")
-    if meta.get("fingerprint") != fingerprint(path):
+    meta = _entry_for(path)
+    if meta is None:
         raise FastvipError(f"{path} does not match {side.name} (one of them was replaced); re-pack it")
     try:
         from ffcv.reader import Reader

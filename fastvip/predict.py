@@ -125,7 +125,9 @@ def read_submission(path) -> dict[str, int]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise FastvipError(f"{path} is not a CSV text file") from None
+    except (OSError, csv.Error) as e:
         raise FastvipError(f"cannot read {path}: {e}") from None
     if not rows or tuple(c.strip() for c in rows[0]) != SUBMISSION_HEADER:
         raise FastvipError(f"{path}: first line must be '{','.join(SUBMISSION_HEADER)}'")

@@ -53,6 +53,7 @@ class Recipe:
     drop_path_rate: float = 0.0
     ema: bool = False                   # keep an exponential moving average of the weights
     ema_decay: float = 0.9998
+    max_nonfinite_steps: int = 20       # steps with a NaN/inf loss skipped before the run stops
     # speed
     amp: str = "auto"                   # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     channels_last: bool = False
@@ -87,6 +88,7 @@ class Recipe:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0"),
             (self.amp in AMP_CHOICES, f"amp must be one of {', '.join(AMP_CHOICES)}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.device in ("auto", "cuda", "cpu"), "device must be auto, cuda or cpu"),

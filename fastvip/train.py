@@ -105,12 +105,12 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                 + (f", resumed after epoch {start_epoch}" if ckpt else ""))
 
     t_run = time.perf_counter()
-    rates = []
+    rates, nonfinite = [], 0
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
         model.train()
         loss_sum = torch.zeros((), device=device)
-        seen, t0 = 0, time.perf_counter()
+        seen, skipped, t0 = 0, 0, time.perf_counter()
         with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * recipe.batch_size) as bar:
             for images, labels in train_loader:
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
@@ -120,6 +120,19 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                 with autocast(device, amp):
                     logits = forward(x)
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+                # One host sync per step (GradScaler makes one too): a NaN/inf loss is
+                # skipped before backward. With fp16, steps whose *gradients* overflow are
+                # GradScaler's business (it skips them and lowers the scale) and not counted.
+                if not torch.isfinite(loss):
+                    nonfinite += 1
+                    skipped += 1
+                    step += 1
+                    if nonfinite > recipe.max_nonfinite_steps:
+                        raise FastvipError(
+                            f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
+                            f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, "
+                            f"{_last_good(run_dir)}")
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -133,12 +146,12 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                     bar.advance(seen - bar.done, loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         train_time = time.perf_counter() - t0
         rates.append(seen / train_time)
-        train_loss = (loss_sum / max(seen, 1)).item()
-        if not np.isfinite(train_loss):
-            raise FastvipError(f"training loss became {train_loss} in epoch {epoch + 1}; "
-                               "lower lr or use amp=bf16/off")
+        train_loss = (loss_sum / seen).item() if seen else float("nan")
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise FastvipError(f"weights became NaN/inf in epoch {epoch + 1} (lower lr?); {_last_good(run_dir)}")
 
-        line = {"event": "epoch", "epoch": epoch + 1, "train_loss": train_loss, "loss_ce": train_loss}
+        line = {"event": "epoch", "epoch": epoch + 1, "train_loss": train_loss, "loss_ce": train_loss,
+                "nonfinite_steps": skipped}
         scores = {}
         if val_loader is not None:
             scores["raw"] = evaluate(model, val_loader, device, amp, recipe.channels_last)
@@ -197,6 +210,11 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console)
     atomic.write_text(run_dir / "recipe.json", recipe_mod.dumps(recipe))
     atomic.write_text(run_dir / "recipe.py", recipe.to_text())
     return ckpt
+
+
+def _last_good(run_dir: Path) -> str:
+    last = run_dir / "last.pt"
+    return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
 
 
 def _truncate_metrics(path: Path, done_epochs: int) -> None:

@@ -36,7 +36,9 @@ def test_labelled_round_trip_keeps_all_classes(tmp_path):
     assert packed.ids == ["z1.JPG", "x1.JPEG", "x2.png", "y1.jpeg"]
     assert packed.labels.tolist() == [0, 1, 1, 3]
     assert [s[0] for s in result.skipped] == [os.path.join("c_empty_after_skip", "bad.JPEG")]
-    meta = json.loads(Path(str(tmp_path / "t.beton") + META_SUFFIX).read_text())
+    sidecar = json.loads(Path(str(tmp_path / "t.beton") + META_SUFFIX).read_text())
+    assert len(sidecar["entries"]) == 1
+    meta = sidecar["entries"][0]
     assert meta["skipped"][0]["reason"] == "not a readable image"
     assert meta["num_samples"] == 4
 
