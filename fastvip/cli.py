@@ -58,6 +58,14 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .plot import plot_runs
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "plots" / "curves.png"
+    plot_runs(args.runs, out)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_show(args) -> int:
     from . import recipe as recipe_mod
     print(recipe_mod.resolve(args.recipe, _flatten(args.set)).to_text(), end="")
@@ -77,12 +85,34 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the empty ones of flags and optional paths."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:  # not 0
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _RawEpilog(_Defaults, argparse.RawDescriptionHelpFormatter):
+    """Option defaults, and the recipe-field table printed as laid out."""
+
+
 def _flatten(sets) -> list[str]:
     return [pair for group in (sets or []) for pair in group]
 
 
+def _recipe_fields_epilog() -> str:
+    from .recipe import field_help
+    rows = field_help()
+    width = max(len(f"{n} ({t}, {d})") for n, t, d, _ in rows)
+    lines = ["recipe fields (override with --set key=value; defaults as in fastvip.recipe.Recipe):"]
+    lines += [f"  {f'{n} ({t}, {d})':<{width}}  {c}" for n, t, d, c in rows]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Defaults
     parser = argparse.ArgumentParser(prog="fastvip", formatter_class=fmt,
                                      description="Train image classifiers from scratch on small data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -98,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("run", formatter_class=fmt, help="train a recipe")
+    p = sub.add_parser("run", formatter_class=_RawEpilog, help="train a recipe", epilog=_recipe_fields_epilog())
     p.add_argument("recipe", help="recipe file (recipes/*.py)")
     p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override recipe fields (type-checked)")
@@ -130,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE")
     _common(p)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("plot", formatter_class=fmt, help="PNG training curves of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (several are overlaid)")
+    p.add_argument("--out", default=None, help="PNG path (default: FIRST_RUN_DIR/plots/curves.png)")
+    _common(p)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("recipes", formatter_class=fmt, help="list recipe files")
     p.add_argument("--dir", default=os.fspath(RECIPES_DIR), help="folder of recipe files")

@@ -28,43 +28,43 @@ class Recipe:
 
     # data and model
     model: str = "resnet50"             # a timm model name (created with pretrained=False)
-    train_data: str | list[str] = ""   # packed file(s); several are concatenated (train+val)
+    train_data: str | list[str] = ""   # packed file (a list parses, but run takes one file for now)
     val_data: str = ""                  # packed file for validation; empty = no validation
     loader: str = "ffcv"                # "ffcv" or "dali"
     image_size: int = 224               # train crop and eval size
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
     # schedule
-    epochs: int = 90
+    epochs: int = 90                    # the cosine schedule spans all of them
     batch_size: int = 256               # global images per step
     lr: float = 0.1                     # peak lr at lr_batch images, scaled linearly to batch_size
-    lr_batch: int = 256
+    lr_batch: int = 256                 # the batch size lr refers to
     warmup_epochs: float = 1.0          # linear warmup from warmup_lr to the peak
-    warmup_lr: float = 0.0
+    warmup_lr: float = 0.0              # lr the warmup starts from
     min_lr: float = 0.0                 # cosine floor
     # optimiser
     optimizer: str = "sgd"              # timm optimizer name: sgd (momentum), adamw, rmsproptf
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9               # SGD / RMSprop momentum
+    nesterov: bool = False              # Nesterov momentum for sgd
     weight_decay: float = 1e-4          # not applied to norm layers and biases
     # loss and regularisation
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1        # cross-entropy label smoothing
     drop_rate: float = 0.0              # dropout before the classifier
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0         # stochastic depth (timm models that support it)
     ema: bool = False                   # keep an exponential moving average of the weights
-    ema_decay: float = 0.9998
+    ema_decay: float = 0.9998           # EMA decay per step (warmed up early on)
     max_nonfinite_steps: int = 20       # steps with a NaN/inf loss skipped before the run stops
     # speed
     amp: str = "auto"                   # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
-    channels_last: bool = False
+    channels_last: bool = False         # channels-last memory format for model and inputs
     compile: bool = False               # torch.compile the model
     workers: int = 0                    # loader threads; 0 = all cores
     device: str = "auto"                # auto (cuda when available), cuda, cpu
     # run
     init_from: str = ""                 # run dir or checkpoint to start from (weights only)
-    seed: int = 0
+    seed: int = 0                       # weights init, order, crops and flips
     out: str = ""                       # run directory; empty = runs/<recipe file name>
-    description: str = ""
+    description: str = ""               # one line for `fastvip recipes` (default: the docstring)
 
     @property
     def train_files(self) -> list[str]:
@@ -114,6 +114,23 @@ FIELD_TYPES = typing.get_type_hints(Recipe)
 
 def field_names() -> list[str]:
     return [f.name for f in fields(Recipe)]
+
+
+def field_help() -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, comment)`` for every field; comments come from the class source."""
+    import inspect
+    import re
+    comments = {}
+    for line in inspect.getsource(Recipe).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    out = []
+    for f in fields(Recipe):
+        kind = FIELD_TYPES[f.name]
+        type_name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        out.append((f.name, type_name, repr(f.default), comments.get(f.name, "")))
+    return out
 
 
 def load_recipe(path: str | Path) -> Recipe:

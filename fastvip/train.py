@@ -143,7 +143,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                 loss_sum += loss.detach() * labels.numel()
                 seen += labels.numel()
                 if step % 10 == 0 or seen == steps_per_epoch * recipe.batch_size:
-                    bar.advance(seen - bar.done, loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+                    bar.advance(seen - bar.done, step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         train_time = time.perf_counter() - t0
         rates.append(seen / train_time)
         train_loss = (loss_sum / seen).item() if seen else float("nan")
@@ -181,6 +181,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
         if stop_after is not None and epoch + 1 >= stop_after:
             break
 
+    _write_plots(run_dir, console)
     summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "best_weights": best["weights"],
                "wall_time_s": time.perf_counter() - t_run,
                "img_per_s": float(np.median(rates)) if rates else None, "run_dir": os.fspath(run_dir)}
@@ -210,6 +211,14 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console)
     atomic.write_text(run_dir / "recipe.json", recipe_mod.dumps(recipe))
     atomic.write_text(run_dir / "recipe.py", recipe.to_text())
     return ckpt
+
+
+def _write_plots(run_dir: Path, console: Console) -> None:
+    from .plot import plot_runs
+    try:
+        plot_runs([run_dir], run_dir / "plots" / "curves.png")
+    except (FastvipError, ImportError) as e:  # plots are a convenience; say why there is none
+        console.log(f"run: no plot ({e})")
 
 
 def _last_good(run_dir: Path) -> str:
