@@ -182,7 +182,7 @@ def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
                 img.draft("RGB", (max_side, max_side))
             img.load()
             keep = (fmt == "JPEG" and img.mode == "RGB" and orientation in (0, 1)
-                    and max(w0, h0) <= max_side and min(w0, h0) >= MIN_SIDE)
+                    and max(w0, h0) <= max_side and min(w0, h0) >= MIN_SIDE and _light_jpeg(img, quality))
             if keep:
                 return True, (data, h0, w0)
             img = ImageOps.exif_transpose(img)
@@ -207,6 +207,31 @@ def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
         return False, f"unreadable: {msg}"
     except Exception as e:  # noqa: BLE001 - any decoder failure is a listed skip, never a crash
         return False, f"{type(e).__name__}: {e}"
+
+
+# libjpeg's standard luminance quantization table (quality 50)
+_STD_LUMA_SUM = sum([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57,
+                     69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55,
+                     64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100,
+                     103, 99])
+
+
+def jpeg_quality(img) -> float | None:
+    """Estimated libjpeg quality of a JPEG from its luminance table (None if unknown)."""
+    tables = getattr(img, "quantization", None)
+    if not tables or 0 not in tables:
+        return None
+    scale = 100.0 * sum(tables[0]) / _STD_LUMA_SUM  # libjpeg: table = std * scale / 100
+    return (200.0 - scale) / 2.0 if scale <= 100 else 5000.0 / scale
+
+
+def _light_jpeg(img, quality: int) -> bool:
+    """Keep the original bytes only when re-encoding would not make it cheaper to decode:
+    4:2:0 chroma and a quality no higher than ``quality``. Heavier JPEGs (4:4:4, q95+,
+    as many ImageNet files are) decode markedly slower, so they are re-encoded."""
+    from PIL import JpegImagePlugin
+    q = jpeg_quality(img)
+    return JpegImagePlugin.get_sampling(img) == 2 and q is not None and q <= quality + 0.5
 
 
 def _to_rgb(img):

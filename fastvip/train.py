@@ -116,14 +116,8 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = normalize(images, channels_last=recipe.channels_last)
-                with autocast(device, amp):
-                    logits = forward(x)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-                # One host sync per step (GradScaler makes one too): a NaN/inf loss is
-                # skipped before backward. With fp16, steps whose *gradients* overflow are
-                # GradScaler's business (it skips them and lowers the scale) and not counted.
-                if not torch.isfinite(loss):
+                loss = train_step(forward, optimizer, scaler, images, labels, recipe, device, amp)
+                if loss is None:
                     nonfinite += 1
                     skipped += 1
                     step += 1
@@ -133,10 +127,6 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                             f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, "
                             f"{_last_good(run_dir)}")
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
                 if ema is not None:
                     ema.update(model, step)
                 step += 1
@@ -187,6 +177,26 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                "img_per_s": float(np.median(rates)) if rates else None, "run_dir": os.fspath(run_dir)}
     console.table("run summary", [(k, _fmt(v)) for k, v in summary.items()])
     return summary
+
+
+def train_step(forward, optimizer, scaler, images, labels, recipe: Recipe, device, amp):
+    """One optimiser step on a uint8 batch; returns the loss, or None when it was NaN/inf (skipped).
+
+    One host sync per step (GradScaler makes one too): a NaN/inf loss is skipped
+    before backward. With fp16, steps whose *gradients* overflow are GradScaler's
+    business (it skips them and lowers the scale) and are not counted here.
+    """
+    x = normalize(images, channels_last=recipe.channels_last)
+    with autocast(device, amp):
+        logits = forward(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+    if not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
 def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console) -> dict | None:

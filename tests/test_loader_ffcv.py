@@ -115,3 +115,44 @@ def test_unknown_loader_is_an_error(colour_data):
     from fastvip.errors import FastvipError
     with pytest.raises(FastvipError, match="unknown loader"):
         build_loader("nope", colour_data["train"], train=True, batch_size=4, image_size=8, device=CPU)
+
+
+def _pack_one(tmp_path, img, name="s"):
+    from fastvip.console import Console
+    from fastvip.pack import pack
+    from conftest import write_image
+    write_image(tmp_path / name / "c" / "a.png", img, fmt="PNG")
+    out = tmp_path / f"{name}.beton"
+    pack(tmp_path / name, out, console=Console(quiet=True))
+    return out
+
+
+def test_dct_scaled_decode_matches_full_resolution_reference(tmp_path):
+    from PIL import Image
+    # smooth 400x400 image; eval at 48 px: the 350-px centre crop is decoded at 1/4 scale
+    small = (np.random.default_rng(1).random((5, 5, 3)) * 255).astype(np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((400, 400), Image.BICUBIC))
+    beton = _pack_one(tmp_path, img)
+    x, _ = next(iter(_loader(beton, False, image_size=48)))
+    ours = x[0].permute(1, 2, 0).numpy().astype(int)
+    side = int(0.875 * 400)
+    lo = (400 - side) // 2
+    ref = np.asarray(Image.fromarray(img[lo:lo + side, lo:lo + side]).resize((48, 48), Image.BOX)).astype(int)
+    assert np.abs(ours - ref).mean() < 4.0
+
+
+def test_train_mirror_follows_the_keyed_flip(tmp_path):
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, 32:] = 255  # dark left half, bright right half
+    beton = _pack_one(tmp_path, img)
+    loader = _loader(beton, True, batch_size=1, image_size=32, crop_scale=(1.0, 1.0))
+    seen = set()
+    for epoch in range(12):
+        loader.set_epoch(epoch)
+        x, _ = next(iter(loader))
+        left, right = x[0, :, :, :8].float().mean(), x[0, :, :, -8:].float().mean()
+        mirrored = bool(left > right)
+        key = np.uint64(epoch_key(7, epoch))
+        assert mirrored == bool(flip_mask(key, np.array([0], dtype=np.uint64))[0])
+        seen.add(mirrored)
+    assert seen == {True, False}
