@@ -106,6 +106,10 @@ def make_loader(name: str, args, device, data: Path, source: Path | None):
         return torchvision_loader(source, args.batch_size, args.res, device, args.workers)
     if name == "ffcv-stock":
         return ffcv_stock_loader(data, args.batch_size, args.res, device, args.workers)
+    if name == "dali-parallel":  # the DALI source in worker processes instead of the calling thread
+        from loaders.dali import DALILoader
+        return DALILoader(data, train=True, batch_size=args.batch_size, image_size=args.res, device=device,
+                          workers=args.workers, source_workers=args.workers)
     return build_loader(name, data, train=True, batch_size=args.batch_size, image_size=args.res,
                         device=device, seed=0, workers=args.workers)
 
@@ -198,7 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, help="packed .beton (packed from --source when omitted)")
     ap.add_argument("--source", type=Path, help="original JPEG folder (class folders, or flat files)")
     ap.add_argument("--source-classes", type=int, default=10, help="classes to spread a flat --source over")
-    ap.add_argument("--loader", default="ffcv,torchvision", help="comma list: ffcv, ffcv-stock, dali, torchvision")
+    ap.add_argument("--loader", default="ffcv,torchvision",
+                    help="comma list: ffcv, ffcv-stock, dali, dali-parallel, torchvision")
     ap.add_argument("--mode", default="loader", help="comma list: loader, model, e2e")
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tresnet_xl.py",
                     help="recipe whose training settings model/e2e modes use")

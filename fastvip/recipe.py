@@ -34,6 +34,7 @@ class Recipe:
     image_size: int = 224               # train crop and eval size
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
+    auto_augment: bool = False          # ImageNet AutoAugment policy (loader=dali for now)
     # schedule
     epochs: int = 90                    # the cosine schedule spans all of them
     batch_size: int = 256               # global images per step

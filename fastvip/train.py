@@ -55,7 +55,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
     common = dict(batch_size=recipe.batch_size, image_size=recipe.image_size, device=device,
                   seed=recipe.seed, workers=recipe.workers, eval_crop=recipe.eval_crop,
                   crop_scale=(recipe.crop_scale_min, 1.0))
-    train_loader = build_loader(recipe.loader, files[0], train=True, **common)
+    train_loader = build_loader(recipe.loader, files[0], train=True, auto_augment=recipe.auto_augment, **common)
     classes = train_loader.classes
     if not classes:
         raise FastvipError(f"{files[0]} is unlabelled; training needs class folders")

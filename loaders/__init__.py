@@ -8,6 +8,10 @@ A loader reads a file written by ``fastvip pack`` and is an iterable of
   batched functions in :mod:`fastvip.augment`;
 - ``labels``: ``int64`` (``-1`` for unlabelled samples).
 
+A batch may live in a buffer the loader reuses (FFCV recycles its output slots
+after ``batches_ahead`` more batches, as a bare FFCV ``Loader`` does): consume it
+in the step, or ``clone()`` what you keep longer.
+
 Every loader has ``__iter__``, ``__len__`` (batches per epoch) and
 ``set_epoch(epoch)``; randomness is keyed on (seed, epoch, sample index)
 (:mod:`loaders.keyed`), so an epoch's batches do not depend on history.
@@ -25,6 +29,7 @@ import torch
 # only matters to the recipes that ask for it.
 LOADERS = {
     "ffcv": "loaders.ffcv:FFCVLoader",
+    "dali": "loaders.dali:DALILoader",
 }
 
 
@@ -40,7 +45,8 @@ class Loader(Protocol):
 
 def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0,
-                 eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0)) -> Loader:
+                 eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 auto_augment: bool = False) -> Loader:
     """Create the loader named ``kind`` (a key of :data:`LOADERS`)."""
     from fastvip.errors import FastvipError
     if kind not in LOADERS:
@@ -52,4 +58,4 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
         raise FastvipError(f"loader {kind!r} is not available: {e}") from None
     return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
                       device=device, seed=seed, workers=workers, eval_crop=eval_crop,
-                      crop_scale=crop_scale)
+                      crop_scale=crop_scale, auto_augment=auto_augment and train)

@@ -33,7 +33,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from fastvip.pack import open_packed
 
-from .keyed import DRAW_FLIP, epoch_key, epoch_order, random_resized_crop, uniform
+from .keyed import DRAW_FLIP, crop_window, epoch_key, epoch_order, uniform
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
@@ -95,12 +95,8 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.int64(field["height"]), np.int64(field["width"])
-                if train:
-                    top, left, h, w = random_resized_crop(height, width, key, source_ix,
-                                                          s_lo, s_hi, r_lo, r_hi)
-                else:
-                    side = np.int64(eval_crop * min(height, width))
-                    top, left, h, w = (height - side) // 2, (width - side) // 2, side, side
+                top, left, h, w = crop_window(height, width, key, source_ix, train,
+                                              s_lo, s_hi, r_lo, r_hi, eval_crop)
                 out = destination[dst_ix]
                 if field["mode"] == jpg:
                     num = 8  # DCT scale num/8: halve while the crop still covers the output
@@ -170,7 +166,12 @@ class FFCVLoader:
 
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
-                 crop_scale: tuple[float, float] = (0.08, 1.0), indices=None, batches_ahead: int = 3):
+                 crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: bool = False, indices=None,
+                 batches_ahead: int = 3):
+        if auto_augment:
+            from fastvip.errors import FastvipError
+            raise FastvipError("auto_augment=true needs loader=dali for now: the FFCV path's batched "
+                               "GPU AutoAugment comes with the DeepBlueAI-method issue")
         self.packed = open_packed(path)
         self.train, self.batch_size, self.device, self.seed = train, batch_size, device, seed
         self.epoch = 0

@@ -84,3 +84,26 @@ def epoch_order(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     """The per-epoch seeded permutation of ``indices`` (identical on every rank)."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x0DE7])
     return rng.permutation(np.asarray(indices))
+
+
+@njit(cache=True, nogil=True)
+def crop_window(height, width, key, index, train, scale_lo, scale_hi, logr_lo, logr_hi, eval_crop):
+    """``(top, left, h, w)``: a keyed random-resized crop (train) or the centre crop of
+    ``eval_crop`` x the shorter side (eval). Every loader crops through this."""
+    height, width = np.int64(height), np.int64(width)
+    if train:
+        return random_resized_crop(height, width, key, index, scale_lo, scale_hi, logr_lo, logr_hi)
+    side = np.int64(eval_crop * min(height, width))
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+@njit(cache=True, nogil=True)
+def crop_windows(key, indices, heights, widths, train, scale_lo, scale_hi, logr_lo, logr_hi, eval_crop):
+    """:func:`crop_window` for a batch of sample indices -> int64 array (n, 4)."""
+    out = np.empty((len(indices), 4), dtype=np.int64)
+    for i in range(len(indices)):
+        idx = indices[i]
+        top, left, h, w = crop_window(heights[idx], widths[idx], key, idx, train,
+                                      scale_lo, scale_hi, logr_lo, logr_hi, eval_crop)
+        out[i, 0], out[i, 1], out[i, 2], out[i, 3] = top, left, h, w
+    return out

@@ -10,14 +10,15 @@ def test_throughput_json_contract(tmp_path, cpu_env):
     src = make_colour_tree(tmp_path / "src", per_class=12, seed=4)
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "benchmarks/throughput.py", "--source", src, "--loader",
-                        "ffcv,ffcv-stock,torchvision", "--mode", "loader,model,e2e", "--model", "test_resnet",
+                        "ffcv,ffcv-stock,dali,torchvision", "--mode", "loader,model,e2e", "--model", "test_resnet",
                         "--res", "32", "--batch-size", "8", "--steps", "2", "--workers", "2", "--passes", "3",
                         "--json", out], cwd=REPO, env=cpu_env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     results = json.loads(out.read_text())
     by = {(r["loader"], r["mode"]): r for r in results}
-    assert set(by) == {("ffcv", "loader"), ("ffcv-stock", "loader"), ("torchvision", "loader"),
-                       ("synthetic", "model"), ("ffcv", "e2e"), ("ffcv-stock", "e2e"), ("torchvision", "e2e")}
+    assert set(by) == {(n, m) for n in ("ffcv", "ffcv-stock", "dali", "torchvision") for m in ("loader", "e2e")} | {
+        ("synthetic", "model")}
+    assert by[("dali", "loader")]["n_images"] == 48
     for r in results:
         assert {"loader", "mode", "img_per_s", "batch_size", "res", "device", "n_images"} <= r.keys()
         assert r["img_per_s_min"] <= r["img_per_s"] <= r["img_per_s_max"] and r["img_per_s"] > 0

@@ -77,13 +77,13 @@ def test_eval_sees_every_sample_once_in_file_order(colour_data):
     from fastvip.pack import open_packed
     packed = open_packed(colour_data["val"])
     ev = _loader(colour_data["val"], False, batch_size=10)
-    labels = torch.cat([y for _, y in ev]).numpy()
+    labels = torch.cat([y.clone() for _, y in ev]).numpy()  # FFCV recycles its batch buffers
     assert len(ev) == 5  # 48 samples: 4 full batches + a partial one, nothing dropped
     assert np.array_equal(labels, packed.labels)
     # deterministic: the same pixels twice, whatever the epoch
     ev.set_epoch(3)
-    x1 = torch.cat([x for x, _ in ev])
-    x2 = torch.cat([x for x, _ in ev])
+    x1 = torch.cat([x.clone() for x, _ in ev])
+    x2 = torch.cat([x.clone() for x, _ in ev])
     assert x1.shape == (48, 3, 24, 24) and torch.equal(x1, x2)
 
 
