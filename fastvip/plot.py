@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
-from . import atomic
+from . import atomic, metrics
 from .errors import FastvipError
 
 # panel title -> (metrics key, line style) for each series drawn in it
@@ -22,15 +21,7 @@ def read_epochs(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FastvipError(f"{run_dir} has no metrics.jsonl (is it a fastvip run directory?)")
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == "epoch":
-            out.append(rec)
-    return out
+    return [r for r in metrics.read(path) if r.get("event") == "epoch"]
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ step counter (:func:`fastvip.schedule.lr_at`).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from loaders import build_loader
 
-from . import atomic, recipe as recipe_mod
+from . import atomic, metrics as metrics_log, recipe as recipe_mod
 from .augment import normalize
 from .console import Console
 from .ema import EMA
@@ -93,7 +92,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
     warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
     peak_lr = recipe.scaled_lr()
     metrics = run_dir / "metrics.jsonl"
-    _log_metrics(metrics, {
+    metrics_log.append(metrics, {
         "event": "start", "time": time.time(), "loader": recipe.loader, "world_size": 1,
         "device": str(device), "model": recipe.model, "resumed_from_epoch": start_epoch if ckpt else None,
         "num_classes": len(classes), "num_train": train_loader.num_samples,
@@ -166,7 +165,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                                                   ("inference", "weights", "epoch", "recipe", "classes")})
             atomic.write_json(run_dir / "best.json", best)
         save_checkpoint(run_dir / "last.pt", state)
-        _log_metrics(metrics, line)
+        metrics_log.append(metrics, line)
         console.log(_epoch_text(line, recipe.epochs))
         if stop_after is not None and epoch + 1 >= stop_after:
             break
@@ -215,7 +214,7 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console)
         diff = [k for k in recipe.to_dict() if getattr(saved, k) != getattr(recipe, k) and k != "out"]
         if diff:
             raise FastvipError(f"--resume with a different recipe (changed: {', '.join(diff)})")
-        _truncate_metrics(run_dir / "metrics.jsonl", ckpt["epoch"])
+        metrics_log.keep_epochs_up_to(run_dir / "metrics.jsonl", ckpt["epoch"])
     elif resume:
         console.log(f"run: nothing to resume in {run_dir}, starting from scratch")
     atomic.write_text(run_dir / "recipe.json", recipe_mod.dumps(recipe))
@@ -234,29 +233,6 @@ def _write_plots(run_dir: Path, console: Console) -> None:
 def _last_good(run_dir: Path) -> str:
     last = run_dir / "last.pt"
     return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
-
-
-def _truncate_metrics(path: Path, done_epochs: int) -> None:
-    """Drop epoch lines after the checkpoint (and a line cut by a kill) so each epoch appears once."""
-    if not path.exists():
-        return
-    kept = []
-    for raw in path.read_text().splitlines():
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
-        if rec.get("event") == "epoch" and rec.get("epoch", 0) > done_epochs:
-            continue
-        kept.append(raw)
-    atomic.write_text(path, "".join(k + "\n" for k in kept))
-
-
-def _log_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _optimizer(model, recipe: Recipe):
