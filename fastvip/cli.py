@@ -41,12 +41,28 @@ def cmd_predict(args) -> int:
     from .predict import predict
     console = _console(args)
     r = predict(args.run, args.data, weights=args.weights, tta=args.tta, out=args.out,
-                submission=args.submission, batch_size=args.batch_size, console=console)
+                submission=args.submission, batch_size=args.batch_size, scales=args.scales,
+                tencrop_size=args.tencrop_size, console=console)
     if r["top1"] is not None:
         console.print(f"top1 {r['top1']:.2f}% on {r['n']} images")
     for key in ("out", "submission"):
         if r.get(key):
             console.print(f"wrote {r[key]}")
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from .predict import ensemble
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise FastvipError(f"--weights expects comma-separated numbers, got {args.weights!r}") from None
+    r = ensemble(args.probs, weights=weights, submission=args.submission, out=args.out)
+    if r["top1"] is not None:
+        print(f"top1 {r['top1']:.2f}% on {r['n']} images (ensemble of {r['files']})")
+    print(f"wrote {args.submission}")
     return 0
 
 
@@ -98,6 +114,16 @@ class _RawEpilog(_Defaults, argparse.RawDescriptionHelpFormatter):
     """Option defaults, and the recipe-field table printed as laid out."""
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 8:
+        raise argparse.ArgumentTypeError("scales must be integers >= 8")
+    return values
+
+
 def _flatten(sets) -> list[str]:
     return [pair for group in (sets or []) for pair in group]
 
@@ -142,12 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="packed .beton to predict")
     p.add_argument("--weights", choices=("best", "last"), default="best",
                    help="best = the weights (raw or EMA) that scored best on val")
-    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    p.add_argument("--tta", choices=("none", "flip", "multiscale", "tencrop"), default="none",
+                   help="test-time augmentation (views averaged; see fastvip/tta.py)")
+    p.add_argument("--scales", type=_int_list, default=None,
+                   help="multiscale sizes, e.g. 224,320,380,448 (default: train size x 1, 320/224, 380/224, 448/224)")
+    p.add_argument("--tencrop-size", type=int, default=None, help="tencrop view size (default: 2 x train size)")
     p.add_argument("--out", default=None, help="probabilities .npz (default: RUN_DIR/predictions/)")
     p.add_argument("--submission", default=None, help="write a VIPriors submission CSV")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size")
     _common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", formatter_class=fmt, help="average probabilities into a submission")
+    p.add_argument("probs", nargs="+", metavar="PROBS.npz", help="outputs of fastvip predict")
+    p.add_argument("--weights", default=None, help="comma-separated weights (default: equal)")
+    p.add_argument("--submission", required=True, help="VIPriors submission CSV to write")
+    p.add_argument("--out", default=None, help="also write the averaged probabilities (.npz)")
+    _common(p)
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("score", formatter_class=fmt, help="top-1 of a submission against labels")
     p.add_argument("submission")

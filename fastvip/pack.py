@@ -603,6 +603,8 @@ class PackedFile:
     labelled: bool
     labels: np.ndarray
     ids: list[str]
+    heights: np.ndarray
+    widths: np.ndarray
 
     @property
     def num_samples(self) -> int:
@@ -642,9 +644,11 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
     labels = np.asarray(md[f"f{names.index('label')}"], dtype=np.int64)
     id_md = md[f"f{names.index('id')}"]
     ids = _read_ids(path, reader, id_md)
+    image_md = md[f"f{names.index('image')}"]
     if len(labels) != meta["num_samples"]:
         raise FastvipError(f"{path} holds {len(labels)} samples but its sidecar says {meta['num_samples']}")
-    return PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids)
+    return PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids,
+                      image_md["height"].astype(np.int64), image_md["width"].astype(np.int64))
 
 
 def _read_ids(path: Path, reader, id_md) -> list[str]:

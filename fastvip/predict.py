@@ -15,18 +15,25 @@ from loaders import build_loader
 from . import atomic
 from .console import Console
 from .errors import FastvipError
+from .augment import normalize
 from .evaluate import logits_batches
-from .model import (amp_dtype, build_model, find_weights, inference_weights, load_checkpoint,
+from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
                     resolve_device)
 from .recipe import from_dict
+from .tta import TTA_CHOICES, cut, default_scales, plan
 
 SUBMISSION_HEADER = ("Image IDs", "Predictions")
-TTA_CHOICES = ("none", "flip")
 
 
 def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=None,
-            submission=None, batch_size: int | None = None, console: Console | None = None) -> dict:
-    """Class probabilities for every sample of ``data``; optionally a submission CSV."""
+            submission=None, batch_size: int | None = None, scales: list[int] | None = None,
+            tencrop_size: int | None = None, console: Console | None = None) -> dict:
+    """Class probabilities for every sample of ``data``; optionally a submission CSV.
+
+    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop (so
+    ``none`` reproduces the validation top-1); ``multiscale`` and ``tencrop`` decode each
+    image once and cut all views on the device.
+    """
     console = console or Console()
     if tta not in TTA_CHOICES:
         raise FastvipError(f"--tta must be one of {', '.join(TTA_CHOICES)}")
@@ -37,9 +44,15 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     recipe, classes = from_dict(ckpt["recipe"]), list(ckpt["classes"])
     device = resolve_device(recipe.device)
     amp = amp_dtype(recipe.amp, device)
-    loader = build_loader(recipe.loader, data, train=False, batch_size=batch_size or recipe.batch_size,
-                          image_size=recipe.image_size, device=device, workers=recipe.workers,
-                          eval_crop=recipe.eval_crop)
+    batch_size = batch_size or recipe.batch_size
+    if tta in ("multiscale", "tencrop"):
+        from loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
+        loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=recipe.image_size,
+                            device=device, workers=recipe.workers, canvas=True)
+    else:
+        loader = build_loader(recipe.loader, data, train=False, batch_size=batch_size,
+                              image_size=recipe.image_size, device=device, workers=recipe.workers,
+                              eval_crop=recipe.eval_crop)
     packed = loader.packed
     if packed.labelled and packed.classes != classes:
         raise FastvipError(f"{data} has {packed.num_classes} classes that differ from the "
@@ -50,17 +63,22 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     model.load_state_dict(state)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    flip = tta == "flip"
     chunks = []
     t0 = time.perf_counter()
     with console.progress("predict", packed.num_samples) as bar:
-        views = _flip_views(loader) if flip else loader
-        for logits, _ in logits_batches(model, views, device, amp, recipe.channels_last):
-            probs = logits.softmax(dim=1)
-            if flip:  # rows alternate image / mirrored image
-                probs = probs.view(-1, 2, probs.shape[1]).mean(dim=1)
-            chunks.append(probs.cpu())
-            bar.advance(len(probs))
+        if tta in ("none", "flip"):
+            flip = tta == "flip"
+            for logits, _ in logits_batches(model, _flip_views(loader) if flip else loader, device, amp,
+                                            recipe.channels_last):
+                probs = logits.softmax(dim=1)
+                if flip:  # rows alternate image / mirrored image
+                    probs = probs.view(-1, 2, probs.shape[1]).mean(dim=1)
+                chunks.append(probs.cpu())
+                bar.advance(len(probs))
+        else:
+            for probs in _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size):
+                chunks.append(probs.cpu())
+                bar.advance(len(probs))
     seconds = time.perf_counter() - t0
     probs = torch.cat(chunks).numpy()
     if len(probs) != packed.num_samples:
@@ -73,13 +91,35 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     if out is None and Path(run_or_ckpt).is_dir():
         out = Path(run_or_ckpt) / "predictions" / f"{Path(data).stem}-{tta}.npz"
     if out is not None:
-        save_probs(out, packed.ids, probs, classes, tta=tta, labels=packed.labels)
+        save_probs(out, packed.ids, probs, classes, tta=tta, labels=packed.labels,
+                   scales=(scales or default_scales(recipe.image_size)) if tta == "multiscale" else None,
+                   tencrop_size=(tencrop_size or 2 * recipe.image_size) if tta == "tencrop" else None)
         result["out"] = os.fspath(out)
     if submission is not None:
         write_submission(submission, packed.ids, probs.argmax(1))
         result["submission"] = os.fspath(submission)
     console.log(f"predict: {len(probs)} images at {result['img_per_s']:,.0f} img/s ({which} weights, tta {tta})")
     return result
+
+
+@torch.no_grad()
+def _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size):
+    """Mean probabilities over the views of ``tta``, one batch of whole images at a time."""
+    model.eval()
+    offset = 0
+    for canvas, _ in loader:
+        idx = np.arange(offset, offset + len(canvas))
+        offset += len(canvas)
+        views = plan(tta, packed.heights[idx], packed.widths[idx], idx, image_size=recipe.image_size,
+                     eval_crop=recipe.eval_crop, scales=scales, tencrop_size=tencrop_size, seed=recipe.seed)
+        images = canvas.float()
+        total = None
+        for view in views:
+            with autocast(device, amp):
+                logits = model(normalize(cut(images, view), channels_last=recipe.channels_last))
+            probs = logits.float().softmax(dim=1)
+            total = probs if total is None else total + probs
+        yield total / len(views)
 
 
 def _flip_views(loader):
@@ -89,7 +129,7 @@ def _flip_views(loader):
         yield both, labels.repeat_interleave(2)
 
 
-def save_probs(path, ids, probs, classes, *, tta: str, labels=None) -> None:
+def save_probs(path, ids, probs, classes, *, tta: str, labels=None, scales=None, tencrop_size=None) -> None:
     """``.npz`` with ids, float16 probabilities, class names and the TTA used (atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +138,65 @@ def save_probs(path, ids, probs, classes, *, tta: str, labels=None) -> None:
               "classes": np.asarray(classes, dtype=str), "tta": np.asarray(tta)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if scales is not None:
+        arrays["tta_scales"] = np.asarray(scales, dtype=np.int64)
+    if tencrop_size is not None:
+        arrays["tta_tencrop_size"] = np.asarray(tencrop_size, dtype=np.int64)
     np.savez(buf, **arrays)
     atomic.write_bytes(path, buf.getvalue())
+
+
+def load_probs(path) -> dict:
+    """Read a probabilities ``.npz`` written by ``predict`` (one-line errors for other files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastvipError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - numpy raises many kinds for non-npz input
+        raise FastvipError(f"{path} is not a probabilities .npz: {type(e).__name__}: {e}") from None
+    missing = {"ids", "probs", "classes"} - data.keys()
+    if missing:
+        raise FastvipError(f"{path} lacks {', '.join(sorted(missing))} (not written by fastvip predict)")
+    if data["probs"].shape != (len(data["ids"]), len(data["classes"])):
+        raise FastvipError(f"{path}: probs shape {data['probs'].shape} does not match its ids and classes")
+    return data
+
+
+def ensemble(paths, *, weights=None, submission=None, out=None) -> dict:
+    """Weighted mean of the probabilities in ``paths`` (same ids, same classes)."""
+    if len(paths) < 1:
+        raise FastvipError("ensemble needs at least one .npz")
+    weights = [1.0] * len(paths) if weights is None else list(weights)
+    if len(weights) != len(paths):
+        raise FastvipError(f"--weights has {len(weights)} values for {len(paths)} files")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise FastvipError("--weights must be non-negative and not all zero")
+    first = load_probs(paths[0])
+    ids, classes = list(first["ids"]), list(first["classes"])
+    total = np.zeros(first["probs"].shape, np.float64)
+    for path, w in zip(paths, weights):
+        data = first if path == paths[0] else load_probs(path)
+        if list(data["classes"]) != classes:
+            raise FastvipError(f"{path} has other classes than {paths[0]} "
+                               f"({len(data['classes'])} vs {len(classes)})")
+        if list(data["ids"]) != ids:
+            theirs = set(data["ids"].tolist())
+            raise FastvipError(f"{path} has other ids than {paths[0]}: {len(theirs - set(ids))} extra, "
+                               f"{len(set(ids) - theirs)} missing, or another order")
+        total += w * data["probs"].astype(np.float64)
+    probs = (total / sum(weights)).astype(np.float32)
+    result = {"n": len(ids), "files": len(paths), "top1": None}
+    if "labels" in first and (first["labels"] >= 0).all():
+        result["top1"] = 100.0 * float((probs.argmax(1) == first["labels"]).mean())
+    if out is not None:
+        save_probs(out, ids, probs, classes, tta="ensemble", labels=first.get("labels"))
+        result["out"] = os.fspath(out)
+    if submission is not None:
+        write_submission(submission, ids, probs.argmax(1))
+        result["submission"] = os.fspath(submission)
+    return result
 
 
 def write_submission(path, ids, predictions) -> None:

@@ -126,6 +126,51 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
         return decode
 
 
+class CanvasDecoder(ResizedCropRGBImageDecoder):
+    """The whole image, undistorted, in the top-left corner of a zero canvas as large as the
+    file's largest image: test-time views are then cut from it on the device in batches
+    (:mod:`fastvip.tta`), so each image is decoded once whatever the number of views."""
+
+    def __init__(self):
+        super().__init__((0, 0))
+
+    def declare_state_and_memory(self, previous_state):
+        from dataclasses import replace
+        from ffcv.pipeline.allocation_query import AllocationQuery
+        hmax, wmax = int(self.metadata["height"].max()), int(self.metadata["width"].max())
+        shape, u8 = (hmax, wmax, 3), np.dtype("<u1")
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=u8),
+                (AllocationQuery(shape, u8), AllocationQuery((hmax * wmax * 3,), u8)))
+
+    @property
+    def get_crop_generator(self):
+        raise NotImplementedError
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            for dst_ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[dst_ix]]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.int64(field["height"]), np.int64(field["width"])
+                out = destination[dst_ix]
+                out[:] = 0
+                if field["mode"] == 0:  # jpg
+                    buf = temp_storage[dst_ix]
+                    imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, 1, False, False)
+                    out[:height, :width] = buf[:3 * height * width].reshape(height, width, 3)
+                else:
+                    out[:height, :width] = image_data.reshape(height, width, 3)
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
 class _Order(TraversalOrder):
     """fastvip's traversal order: seeded per-epoch permutation (train) or file order (eval).
 
@@ -167,7 +212,7 @@ class FFCVLoader:
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
                  crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: bool = False, indices=None,
-                 batches_ahead: int = 3):
+                 batches_ahead: int = 3, canvas: bool = False):
         if auto_augment:
             from fastvip.errors import FastvipError
             raise FastvipError("auto_augment=true needs loader=dali for now: the FFCV path's batched "
@@ -176,8 +221,11 @@ class FFCVLoader:
         self.train, self.batch_size, self.device, self.seed = train, batch_size, device, seed
         self.epoch = 0
         self.os_cache = _fits_in_ram(path)
-        self._decoder = KeyedCropDecoder((image_size, image_size), train=train, scale=crop_scale,
-                                         eval_crop=eval_crop)
+        if canvas:  # whole images for test-time views (eval only)
+            self._decoder = CanvasDecoder()
+        else:
+            self._decoder = KeyedCropDecoder((image_size, image_size), train=train, scale=crop_scale,
+                                             eval_crop=eval_crop)
         non_blocking = device.type == "cuda"
         pipelines = {
             "image": [self._decoder, ToTensor(), ToDevice(device, non_blocking=non_blocking),
@@ -205,8 +253,9 @@ class FFCVLoader:
         return len(self._loader)
 
     def __iter__(self):
-        # numba hands the uint64 back as a Python int; keep it unsigned
-        self._decoder.set_key(np.uint64(epoch_key(self.seed, self.epoch)))
+        if isinstance(self._decoder, KeyedCropDecoder):
+            # numba hands the uint64 back as a Python int; keep it unsigned
+            self._decoder.set_key(np.uint64(epoch_key(self.seed, self.epoch)))
         self._loader.next_epoch = self.epoch
         it = iter(self._loader)
         try:
