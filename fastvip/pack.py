@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 import types
 import warnings
@@ -263,7 +264,7 @@ def _in_child_after_fork() -> None:
     """
     if _CHILD_LOG is None:
         return
-    parent = _PARENT_PID
+    parent = _FORKING_PID
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -277,9 +278,16 @@ def _in_child_after_fork() -> None:
     os.close(fd)
 
 
-_PARENT_PID = os.getpid()
+_FORKING_PID = os.getpid()
+
+
+def _before_fork() -> None:
+    global _FORKING_PID
+    _FORKING_PID = os.getpid()  # pack itself, or its writer child forking FFCV's workers
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_in_child_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_child=_in_child_after_fork)
 
 
 def _worker_init():
@@ -378,11 +386,11 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
                 f"({len(source.classes)} classes)" if source.labelled else
                 f"pack: {n} files from {source.root} (unlabelled)")
 
-    global _CHILD_LOG, _PARENT_PID
+    global _CHILD_LOG
     spool = atomic.temp_path_for(out.with_suffix(".spool"))
     beton_tmp = atomic.temp_path_for(out)
     child_log = atomic.temp_path_for(out.with_suffix(".log"))
-    _CHILD_LOG, _PARENT_PID = os.fspath(child_log), os.getpid()
+    _CHILD_LOG = os.fspath(child_log)
     try:
         kept, skipped = _transcode_all(source, spool, max_side, quality, workers, console)
         skipped = source.skipped + skipped
@@ -458,10 +466,13 @@ def _transcode_all(source: Source, spool: Path, max_side, quality, workers, cons
 
 def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Console,
                  child_log: Path, name: str):
-    import threading
-    import _thread
-    import ffcv.writer
-    from ffcv.writer import DatasetWriter
+    """Run FFCV's ``DatasetWriter`` in a child process and wait for its exit code.
+
+    FFCV waits forever for a writer worker that died (disk full, ...). The child watches
+    its workers and exits at once when one fails, so the parent only needs the exit code;
+    no signal is involved (a process started with SIGINT ignored, as background jobs of
+    non-interactive shells are, would never see ``interrupt_main``).
+    """
     dataset = _Spooled(os.fspath(spool), kept["offsets"], kept["sizes"], kept["heights"],
                        kept["widths"], kept["labels"], [_id_bytes(i) for i in kept["ids"]])
     # A sample must fit in one page or FFCV's allocator raises inside a worker.
@@ -476,44 +487,67 @@ def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Con
     if free < need:
         raise FastvipError(f"not enough free space in {path.parent}: the pack needs about "
                            f"{need / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free")
-    writer = DatasetWriter(os.fspath(path), ffcv_fields(), page_size=page, num_workers=writers)
+    ctx = get_context("fork")
+    done = ctx.Value("q", 0)
+    child = ctx.Process(target=_writer_child, args=(path, dataset, page, writers, done))
+    with console.progress("write", len(dataset)) as bar:
+        child.start()
+        try:
+            while child.is_alive():
+                child.join(0.2)
+                bar.advance(done.value - bar.done)
+        finally:
+            if child.is_alive():  # interrupted: the workers die with it (PR_SET_PDEATHSIG)
+                child.kill()
+                child.join()
+    if child.exitcode != 0:
+        raise FastvipError(f"writing {name} failed (exit {child.exitcode}): {_last_error(child_log)}")
 
-    # FFCV waits forever for a writer process that died (disk full, ...): watch them.
-    procs, failed, done = [], [], threading.Event()
+
+def _writer_child(path: Path, dataset, page: int, writers: int, done) -> None:
+    """Child process: FFCV's writer, its workers watched; exits non-zero at the first failure."""
+    import threading
+    import traceback
+    import ffcv.writer
+    from ffcv.writer import DatasetWriter
+
+    procs = []
 
     def record(*args, **kwargs):
         proc = saved_process(*args, **kwargs)
         procs.append(proc)
         return proc
 
-    def watch():
-        while not done.wait(0.2):
-            bad = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            if bad:
-                failed.append(bad[0])
-                _thread.interrupt_main()
-                return
+    class Progress:  # FFCV reports progress through a module-level tqdm
+        def __init__(self, total):
+            pass
 
-    saved_process, saved_tqdm = ffcv.writer.Process, ffcv.writer.tqdm
-    watcher = threading.Thread(target=watch, daemon=True)
-    with console.progress("write", len(dataset)) as bar:
-        # FFCV reports progress through a module-level tqdm; route it to our bar.
-        ffcv.writer.Process, ffcv.writer.tqdm = record, lambda total: _BarAdapter(bar)
-        watcher.start()
-        try:
-            writer.from_indexed_dataset(dataset, chunksize=256)
-        except KeyboardInterrupt:
-            if not failed:
-                raise
-            _release_shared_memory(writer)
-            raise FastvipError(f"writing {name} failed: {_last_error(child_log)}") from None
-        finally:
-            done.set()
-            ffcv.writer.Process, ffcv.writer.tqdm = saved_process, saved_tqdm
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-                p.join()
+        def update(self, n):
+            done.value += n
+
+        def close(self):
+            pass
+
+    writer = DatasetWriter(os.fspath(path), ffcv_fields(), page_size=page, num_workers=writers)
+
+    def watch():
+        while True:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                _release_shared_memory(writer)
+                os._exit(3)  # the workers' tracebacks are in the log
+            threading.Event().wait(0.2)
+
+    saved_process = ffcv.writer.Process
+    ffcv.writer.Process, ffcv.writer.tqdm = record, Progress
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        writer.from_indexed_dataset(dataset, chunksize=256)
+    except BaseException as e:  # noqa: BLE001 - report it as the last log line, then fail
+        traceback.print_exc()
+        print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        _release_shared_memory(writer)
+        os._exit(4)
+    os._exit(0)
 
 
 def _release_shared_memory(writer) -> None:
@@ -549,17 +583,6 @@ def _entry_for(beton: Path) -> dict | None:
         return None
     fp = fingerprint(beton)
     return next((e for e in meta.get("entries", []) if e.get("fingerprint") == fp), None)
-
-
-class _BarAdapter:
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, n):
-        self.bar.advance(n)
-
-    def close(self):
-        pass
 
 
 def fingerprint(path: str | os.PathLike) -> str:
