@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 
@@ -137,7 +135,7 @@ def time_pass(loader, device, epoch: int, step=None) -> tuple[int, float]:
 
 def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader") -> list[dict]:
     """Warm-up pass each, then ``passes`` alternating passes (order reversed every other pass)."""
-    for i, loader in enumerate(loaders.values()):
+    for loader in loaders.values():
         time_pass(loader, device, epoch=0, step=step)
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}

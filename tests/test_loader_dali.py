@@ -77,7 +77,7 @@ def test_reproducible_and_resumable_order(colour_data):
     assert torch.equal(first, _all(fresh)[0])
     a.set_epoch(3)
     assert not torch.equal(first, _all(a)[0])
-    for i, _ in enumerate(a):  # an early break, then a whole epoch
+    for _ in a:  # an early break, then a whole epoch
         break
     a.set_epoch(4)
     assert sum(len(y) for _, y in a) == 96
