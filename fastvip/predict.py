@@ -20,7 +20,7 @@ from .evaluate import logits_batches
 from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
                     resolve_device)
 from .recipe import from_dict
-from .tta import TTA_CHOICES, cut, default_scales, plan
+from .tta import TTA_CHOICES, cut, default_scales, default_tencrop_size, plan
 
 SUBMISSION_HEADER = ("Image IDs", "Predictions")
 
@@ -45,6 +45,9 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     device = resolve_device(recipe.device)
     amp = amp_dtype(recipe.amp, device)
     batch_size = batch_size or recipe.batch_size
+    # resolved once: the views use these and the .npz records them
+    scales = (scales or default_scales(recipe.image_size)) if tta == "multiscale" else None
+    tencrop_size = (tencrop_size or default_tencrop_size(recipe.image_size)) if tta == "tencrop" else None
     if tta in ("multiscale", "tencrop"):
         from loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
         loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=recipe.image_size,
@@ -91,9 +94,8 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     if out is None and Path(run_or_ckpt).is_dir():
         out = Path(run_or_ckpt) / "predictions" / f"{Path(data).stem}-{tta}.npz"
     if out is not None:
-        save_probs(out, packed.ids, probs, classes, tta=tta, labels=packed.labels,
-                   scales=(scales or default_scales(recipe.image_size)) if tta == "multiscale" else None,
-                   tencrop_size=(tencrop_size or 2 * recipe.image_size) if tta == "tencrop" else None)
+        save_probs(out, packed.ids, probs, classes, tta=tta, labels=packed.labels, scales=scales,
+                   tencrop_size=tencrop_size)
         result["out"] = os.fspath(out)
     if submission is not None:
         write_submission(submission, packed.ids, probs.argmax(1))

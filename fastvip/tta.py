@@ -41,6 +41,10 @@ def default_scales(image_size: int) -> list[int]:
     return [int(round(image_size * f)) for f in MULTISCALE_FACTORS]
 
 
+def default_tencrop_size(image_size: int) -> int:
+    return 2 * image_size
+
+
 def _centre(heights, widths, fraction: float) -> np.ndarray:
     side = np.floor(fraction * np.minimum(heights, widths)).astype(np.int64)
     top, left = (heights - side) // 2, (widths - side) // 2
@@ -76,7 +80,7 @@ def plan(tta: str, heights: np.ndarray, widths: np.ndarray, indices: np.ndarray,
                 views += [View(s, boxes, f) for f in (False, True)]
         return views
     if tta == "tencrop":
-        size = tencrop_size or 2 * image_size
+        size = tencrop_size or default_tencrop_size(image_size)
         side = np.floor(0.875 * np.minimum(heights, widths)).astype(np.int64)
         tops = [np.zeros_like(side), np.zeros_like(side), heights - side, heights - side, (heights - side) // 2]
         lefts = [np.zeros_like(side), widths - side, np.zeros_like(side), widths - side, (widths - side) // 2]
