@@ -155,7 +155,7 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader") 
 
 def training_step(recipe, device, num_classes: int):
     """The exact step ``fastvip run`` takes, on a fresh model (returns a callable)."""
-    from fastvip.train import _optimizer, train_step
+    from fastvip.train import StepContext, _optimizer, train_step
     amp = amp_dtype(recipe.amp, device)
     model = build_model(recipe, num_classes).to(device)
     if recipe.channels_last:
@@ -164,9 +164,11 @@ def training_step(recipe, device, num_classes: int):
     optimizer = _optimizer(model, recipe)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     forward = torch.compile(model) if recipe.compile else model
+    ctx = StepContext(recipe, device, amp, num_classes)
+    count = iter(range(1 << 62))
 
-    def step(images, labels):
-        train_step(forward, optimizer, scaler, images, labels % num_classes, recipe, device, amp)
+    def step(images, labels):  # the recipe's augmentation and losses included
+        train_step(forward, optimizer, scaler, [(images, labels % num_classes)], ctx, next(count))
     return step
 
 

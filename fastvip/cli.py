@@ -30,10 +30,38 @@ def cmd_pack(args) -> int:
 
 def cmd_run(args) -> int:
     from . import recipe as recipe_mod
-    from .train import run
+    from .distributed import launched_by_torchrun
     recipe = recipe_mod.resolve(args.recipe, _flatten(args.set))
     out = args.out or recipe.out or os.path.join("runs", Path(args.recipe).stem)
-    run(recipe, out, resume=args.resume, console=_console(args))
+    if args.nproc and args.nproc > 1 and not launched_by_torchrun():
+        return _torchrun(args, out)
+    from .train import run
+    run(recipe, out, resume=args.resume, console=_console(args), stop_after=args.stop_after)
+    return 0
+
+
+def _torchrun(args, out: str) -> int:
+    """``fastvip run --nproc N``: the same command under PyTorch's torchrun, N processes on this machine."""
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "fastvip", "run", args.recipe, "--out", out]
+    for group in args.set or []:
+        cmd += ["--set", *group]
+    cmd += [flag for flag, on in (("--resume", args.resume), ("--quiet", args.quiet), ("--debug", args.debug))
+            if on]
+    if args.stop_after:
+        cmd += ["--stop-after", str(args.stop_after)]
+    return subprocess.run(cmd).returncode
+
+
+def cmd_split(args) -> int:
+    from .split import split
+    if args.pickles and (args.per_class is not None or args.seed is not None):
+        raise FastvipError("--per-class and --seed choose a random subset; they do not apply with --pickles")
+    split(args.root, args.out, pickles=args.pickles,
+          per_class=50 if args.per_class is None else args.per_class,
+          seed=0 if args.seed is None else args.seed, test_labels=args.test_labels, copy=args.copy,
+          force=args.force, allow_missing=args.allow_missing, console=_console(args))
     return 0
 
 
@@ -160,8 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override recipe fields (type-checked)")
     p.add_argument("--out", default=None, help="run directory (default: recipe.out or runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train with N processes on this machine: runs the command under torchrun (DDP)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs (the schedule still spans all); continue with --resume")
     _common(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("split", formatter_class=fmt,
+                       help="make the VIPriors train/val/test folders from an ImageNet-2012 root")
+    p.add_argument("root", metavar="IMAGENET_ROOT", help="ImageNet root with train/<wnid>/ and val/<wnid>/")
+    p.add_argument("out", metavar="OUT", help="new or empty folder for train/<wnid>/, val/<wnid>/, test/imgs/")
+    p.add_argument("--pickles", default=None, metavar="DIR",
+                   help="folder with the challenge toolkit's train.pickle, val.pickle, test.pickle "
+                        "(default: a seeded random subset)")
+    p.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="random subset: images per class in each of train, val and test (default 50)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="random subset: seed of the draws (default 0)")
+    p.add_argument("--test-labels", default=None, metavar="FILE",
+                   help="write the true test classes to FILE (a submission-format CSV for `fastvip score`); "
+                        "never written beside the images")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of hard-linking them")
+    p.add_argument("--force", action="store_true", help="replace the train/val/test folders of a previous split in OUT")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave out files a pickle lists but IMAGENET_ROOT lacks (default: an error)")
+    _common(p)
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("predict", formatter_class=fmt, help="class probabilities and a submission")
     p.add_argument("run", help="run directory or checkpoint file")

@@ -6,6 +6,7 @@ from typing import Iterator
 import torch
 
 from .augment import normalize
+from .distributed import all_reduce_sum
 from .model import autocast
 
 
@@ -20,10 +21,13 @@ def logits_batches(model, loader, device, amp, channels_last: bool) -> Iterator[
 
 
 def evaluate(model, loader, device, amp, channels_last: bool) -> dict:
-    """Top-1 / top-5 accuracy (in %) over every sample of ``loader`` exactly once."""
+    """Top-1 / top-5 accuracy (in %) over every sample of ``loader`` exactly once.
+
+    Under torchrun each process evaluates its own (uneven) shard and the counts are
+    summed over processes, so every validation sample counts exactly once."""
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
+    seen = torch.zeros((), dtype=torch.long, device=device)
     for logits, labels in logits_batches(model, loader, device, amp, channels_last):
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
@@ -31,6 +35,8 @@ def evaluate(model, loader, device, amp, channels_last: bool) -> dict:
         correct1 += hits[:, 0].sum()
         correct5 += hits.any(dim=1).sum()
         seen += labels.numel()
-    if seen == 0:
+    counts = all_reduce_sum(torch.stack([correct1, correct5, seen]).float()).tolist()
+    c1, c5, n = counts[0], counts[1], int(counts[2])
+    if n == 0:
         return {"top1": float("nan"), "top5": float("nan"), "n": 0}
-    return {"top1": 100.0 * correct1.item() / seen, "top5": 100.0 * correct5.item() / seen, "n": seen}
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "n": n}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import time
 from pathlib import Path
@@ -38,14 +37,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
-    """``timm.create_model`` from scratch, with a clear error for an unknown name."""
-    import timm
-    if not timm.is_model(recipe.model):
-        close = difflib.get_close_matches(recipe.model, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; close: {', '.join(close)}" if close else ""
-        raise FastvipError(f"unknown timm model {recipe.model!r}{hint}")
-    return timm.create_model(recipe.model, pretrained=False, num_classes=num_classes,
-                             drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate)
+    """The recipe's :class:`fastvip.net.Net`: a timm model from scratch plus the heads it asks for."""
+    from .net import build_net
+    return build_net(recipe.model, num_classes, drop_rate=recipe.drop_rate, drop_path_rate=recipe.drop_path_rate,
+                     arcface_scale=recipe.arcface_scale if recipe.arcface else None,
+                     aux_stage=recipe.aux_stage if recipe.aux_weight > 0 else None,
+                     fusion_weight=recipe.fusion_weight)
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -558,6 +558,83 @@ def _release_shared_memory(writer) -> None:
         shm.unlink()
 
 
+def merged_path(files: list) -> Path:
+    """Where the merge of ``files`` is kept: beside the first, named after all (``train+val.beton``)."""
+    first = Path(files[0])
+    return first.with_name("+".join(Path(f).stem for f in files) + ".beton")
+
+
+def merge(files: list, *, console: Console | None = None) -> Path:
+    """One packed file holding every sample of ``files`` (train + val for the final models).
+
+    The JPEG bytes are copied, not re-encoded. The result is kept beside the first file
+    (:func:`merged_path`) and reused while its sidecar's record of the sources' fingerprints
+    still matches them; the class lists must be identical.
+    """
+    console = console or Console()
+    files = [Path(f) for f in files]
+    packed = [open_packed(f) for f in files]
+    if not all(p.labelled for p in packed):
+        raise FastvipError("train_data: only labelled files can be merged for training")
+    for f, p in zip(files[1:], packed[1:]):
+        if p.classes != packed[0].classes:
+            raise FastvipError(f"train_data: {f} has {p.num_classes} classes that differ from the "
+                               f"{packed[0].num_classes} of {files[0]}; they cannot be merged")
+    out = merged_path(files)
+    sources = [{"path": os.fspath(f.resolve()), "fingerprint": fingerprint(f)} for f in files]
+    current = _entry_for(out)
+    if current is not None and current.get("merged_from") == sources:
+        return out
+    from ffcv.reader import Reader
+    t0 = time.perf_counter()
+    spool = atomic.temp_path_for(out.with_suffix(".spool"))
+    beton_tmp = atomic.temp_path_for(out)
+    child_log = atomic.temp_path_for(out.with_suffix(".log"))
+    kept = {k: [] for k in ("offsets", "sizes", "heights", "widths", "labels")}
+    kept["ids"] = []
+    pos = 0
+    global _CHILD_LOG
+    _CHILD_LOG = os.fspath(child_log)  # FFCV writer tracebacks -> a one-line error
+    try:
+        with open(spool, "wb") as fh:
+            for f, p in zip(files, packed):
+                reader = Reader(os.fspath(f))
+                md = reader.metadata[f"f{reader.field_names.index('image')}"]
+                if (md["mode"] != 0).any():
+                    raise FastvipError(f"{f} stores raw pixels; re-pack it with fastvip pack to merge it")
+                table = np.sort(reader.alloc_table, order="ptr")  # pointer -> stored size
+                sizes = table["size"][np.searchsorted(table["ptr"], md["data_ptr"])].astype(np.int64)
+                data = np.memmap(f, dtype=np.uint8, mode="r")
+                for ptr, size in zip(md["data_ptr"], sizes):
+                    fh.write(data[int(ptr):int(ptr) + int(size)].tobytes())
+                kept["offsets"].append(pos + np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+                pos += int(sizes.sum())
+                kept["sizes"].append(sizes)
+                kept["heights"].append(p.heights)
+                kept["widths"].append(p.widths)
+                kept["labels"].append(p.labels)
+                kept["ids"] += p.ids
+        kept = {k: (np.concatenate(v) if k != "ids" else v) for k, v in kept.items()}
+        _write_beton(beton_tmp, spool, kept, os.cpu_count() or 1, console, child_log, out.name)
+        summary = {"format": FORMAT, "num_samples": int(len(kept["labels"])), "labelled": True,
+                   "classes": packed[0].classes, "merged_from": sources,
+                   "fingerprint": fingerprint(beton_tmp), "skipped": []}
+        previous = _entry_for(out)
+        atomic.write_json(meta_path(out), _sidecar([summary] + ([previous] if previous else [])))
+        atomic.commit(beton_tmp, out)
+        atomic.write_json(meta_path(out), _sidecar([summary]))
+    except OSError as e:
+        raise FastvipError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        _CHILD_LOG = None
+        for tmp in (spool, beton_tmp, child_log):
+            if tmp.exists():
+                tmp.unlink()
+    console.log(f"merge: {' + '.join(f.name for f in files)} -> {out} ({summary['num_samples']:,} images, "
+                f"{time.perf_counter() - t0:.1f} s)")
+    return out
+
+
 def _last_error(log: Path) -> str:
     try:
         lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()]

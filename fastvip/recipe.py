@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import FastvipError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AUGMENTS = ("none", "autoaugment", "randaugment")  # also fastvip.augment.AUGMENTS
+LOSSES = ("ce", "sce")
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 
 
@@ -28,13 +30,21 @@ class Recipe:
 
     # data and model
     model: str = "resnet50"             # a timm model name (created with pretrained=False)
-    train_data: str | list[str] = ""   # packed file (a list parses, but run takes one file for now)
+    train_data: str | list[str] = ""   # packed file, or a list merged once into <a>+<b>.beton beside the first
     val_data: str = ""                  # packed file for validation; empty = no validation
     loader: str = "ffcv"                # "ffcv" or "dali"
     image_size: int = 224               # train crop and eval size
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
-    auto_augment: bool = False          # ImageNet AutoAugment policy (loader=dali for now)
+    # augmentation on the device, after decode (see fastvip.augment, fastvip.mix)
+    auto_augment: str = "none"          # none, autoaugment (torchvision ImageNet policy), randaugment (n=2, m=9)
+    random_erasing: float = 0.0         # probability of one random-erasing box (pixel noise) per image
+    mix_prob: float = 0.0               # probability that a batch is mixed by CutMix or Mixup
+    cutmix_alpha: float = 1.0           # CutMix lam ~ Beta(a, a); 0 = no CutMix
+    mixup_alpha: float = 0.0            # Mixup lam ~ Beta(a, a); 0 = no Mixup
+    mix_switch_prob: float = 0.5        # with both on: probability that a mixed batch uses CutMix
+    views: int = 1                      # 2 = two-view batches: every image twice, augmented independently
+    pk_samples: int = 0                 # K of P x K class-balanced batches (P = batch / K); 0 = shuffled
     # schedule
     epochs: int = 90                    # the cosine schedule spans all of them
     batch_size: int = 256               # global images per step
@@ -48,21 +58,41 @@ class Recipe:
     momentum: float = 0.9               # SGD / RMSprop momentum
     nesterov: bool = False              # Nesterov momentum for sgd
     weight_decay: float = 1e-4          # not applied to norm layers and biases
-    # loss and regularisation
-    label_smoothing: float = 0.1        # cross-entropy label smoothing
+    # loss and regularisation (each active term is logged as loss_<name>; see fastvip.objective)
+    loss: str = "ce"                    # classification loss: ce, or sce (symmetric cross-entropy)
+    label_smoothing: float = 0.1        # label smoothing of the (mixed) targets
+    sce_alpha: float = 1.0              # SCE: weight of the cross-entropy term (2021 report: 1, 1)
+    sce_beta: float = 1.0               # SCE: weight of the reverse cross-entropy term
+    triplet_weight: float = 0.0         # batch-hard triplet loss on the embedding; 0 = off
+    triplet_margin: float = 0.3         # triplet margin; 0 = soft margin (softplus)
+    arcface: bool = False               # ArcFace head (cosine classifier) instead of the linear one
+    arcface_scale: float = 30.0         # ArcFace scale s
+    arcface_margin: float = 0.5         # ArcFace additive angular margin m (radians)
+    arcface_weight: float = 1.0         # weight of the ArcFace margin loss
+    cr_weight: float = 0.0              # Contrastive Regularization weight; 0 = off
+    cr_tau: float = 0.1                 # CR temperature
+    cr_delta: float = 1e-3              # CR: positives are views whose soft labels are closer than this (JS)
+    mt_weight: float = 0.0              # Mean Teacher consistency weight (teacher = the EMA); 0 = off
+    mt_rampup_epochs: float = 5.0       # sigmoid ramp-up of the consistency weight
+    aux_weight: float = 0.0             # auxiliary classifier loss weight; 0 = no auxiliary head
+    aux_stage: int = -2                 # backbone stage (timm feature_info index) the auxiliary head reads
+    fusion_weight: float = 0.0          # inference: weight of the auxiliary probabilities (fusion)
     drop_rate: float = 0.0              # dropout before the classifier
     drop_path_rate: float = 0.0         # stochastic depth (timm models that support it)
     ema: bool = False                   # keep an exponential moving average of the weights
-    ema_decay: float = 0.9998           # EMA decay per step (warmed up early on)
+    ema_decay: float = 0.9998           # EMA (and Mean Teacher) decay per step (warmed up early on)
     max_nonfinite_steps: int = 20       # steps with a NaN/inf loss skipped before the run stops
     # speed
     amp: str = "auto"                   # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     channels_last: bool = False         # channels-last memory format for model and inputs
     compile: bool = False               # torch.compile the model
+    sync_bn: bool = False               # SyncBatchNorm across processes (CUDA, torchrun)
+    grad_accum: int = 1                 # micro-batches per optimiser step (batch_size is per step)
     workers: int = 0                    # loader threads; 0 = all cores
     device: str = "auto"                # auto (cuda when available), cuda, cpu
     # run
     init_from: str = ""                 # run dir or checkpoint to start from (weights only)
+    init_recipe: str = ""               # the recipe that trains init_from (named when it is missing)
     seed: int = 0                       # weights init, order, crops and flips
     out: str = ""                       # run directory; empty = runs/<recipe file name>
     description: str = ""               # one line for `fastvip recipes` (default: the docstring)
@@ -71,6 +101,11 @@ class Recipe:
     def train_files(self) -> list[str]:
         return list(self.train_data) if isinstance(self.train_data, (list, tuple)) else \
             ([self.train_data] if self.train_data else [])
+
+    @property
+    def uses_ema(self) -> bool:
+        """The EMA is kept for ``ema`` and as the Mean Teacher."""
+        return self.ema or self.mt_weight > 0
 
     def scaled_lr(self) -> float:
         """Peak learning rate for this batch size (linear scaling rule)."""
@@ -94,6 +129,24 @@ class Recipe:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.device in ("auto", "cuda", "cpu"), "device must be auto, cuda or cpu"),
             (bool(self.model), "model is empty"),
+            (self.auto_augment in AUGMENTS, f"auto_augment must be one of {', '.join(AUGMENTS)}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
+            (0 <= self.random_erasing <= 1, "random_erasing must be in [0, 1]"),
+            (0 <= self.mix_prob <= 1, "mix_prob must be in [0, 1]"),
+            (self.cutmix_alpha >= 0 and self.mixup_alpha >= 0, "cutmix_alpha and mixup_alpha must be >= 0"),
+            (self.views in (1, 2), "views must be 1 or 2"),
+            (self.pk_samples >= 0, "pk_samples must be >= 0"),
+            (self.pk_samples == 0 or self.batch_size % self.pk_samples == 0,
+             f"batch_size {self.batch_size} must be a multiple of pk_samples {self.pk_samples}"),
+            (self.triplet_weight >= 0 and self.triplet_margin >= 0, "triplet_weight/margin must be >= 0"),
+            (self.arcface_scale > 0 and 0 <= self.arcface_margin < 3.1416, "arcface_scale > 0, margin in [0, pi)"),
+            (min(self.cr_weight, self.mt_weight, self.aux_weight) >= 0, "loss weights must be >= 0"),
+            (self.cr_tau > 0 and self.cr_delta >= 0, "cr_tau must be > 0 and cr_delta >= 0"),
+            (self.cr_weight == 0 or self.views == 2, "cr_weight > 0 needs two-view batches (views=2)"),
+            (0 <= self.fusion_weight < 1, "fusion_weight must be in [0, 1)"),
+            (self.fusion_weight == 0 or self.aux_weight > 0, "fusion_weight needs the auxiliary head (aux_weight > 0)"),
+            (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+             f"grad_accum must be >= 1 and divide batch_size {self.batch_size}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -7,25 +7,41 @@ step counter (:func:`fastvip.schedule.lr_at`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from loaders import build_loader
+from loaders import build_loader, in_pipeline
 
-from . import atomic, metrics as metrics_log, recipe as recipe_mod
+from . import atomic, distributed, losses
+from . import metrics as metrics_log
+from . import recipe as recipe_mod
 from .augment import normalize
+from .autoaugment import augment_batch, random_erasing
 from .console import Console
 from .ema import EMA
 from .errors import FastvipError
 from .evaluate import evaluate
-from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights,
-                    load_checkpoint, resolve_device, save_checkpoint)
+from .mix import apply_mix, dominant_labels, draw_mix
+from .model import (
+    amp_dtype,
+    autocast,
+    build_model,
+    find_weights,
+    inference_weights,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from .net import adapt_init_weights
+from .pack import merge, merged_path
+from .objective import loss_terms
 from .recipe import Recipe
 from .schedule import lr_at
 
@@ -34,36 +50,54 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
         stop_after: int | None = None) -> dict:
     """Train ``recipe`` into ``run_dir``; returns the run summary.
 
+    Under torchrun every process calls this; process 0 writes the run directory.
     ``stop_after`` ends the run after that many epochs (the schedule still spans
     ``recipe.epochs``), as if it had been interrupted there.
     """
-    console = console or Console()
-    run_dir = Path(run_dir)
-    device = resolve_device(recipe.device)
+    ddp, device = distributed.setup(resolve_device(recipe.device))
+    try:
+        return _run(recipe, Path(run_dir), resume, console or Console(), stop_after, ddp, device)
+    finally:
+        distributed.teardown()
+
+
+def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_after: int | None,
+         ddp: distributed.Dist, device: torch.device) -> dict:
+    if not ddp.main:
+        console = Console(quiet=True)
+    if recipe.sync_bn and device.type != "cuda":
+        raise FastvipError("sync_bn=true needs CUDA devices (NCCL); on CPU set sync_bn=false")
     amp = amp_dtype(recipe.amp, device)
-    ckpt = _open_run_dir(run_dir, recipe, resume, console)
+    ckpt = _open_run_dir(run_dir, recipe, resume, console, write=ddp.main)
+    distributed.barrier()
 
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed % 2**32)
     random.seed(recipe.seed)
 
     files = recipe.train_files
-    if len(files) != 1:
-        raise FastvipError("recipe.train_data must name exactly one packed file "
-                           "(several train files are not supported yet)")
-    common = dict(batch_size=recipe.batch_size, image_size=recipe.image_size, device=device,
-                  seed=recipe.seed, workers=recipe.workers, eval_crop=recipe.eval_crop,
-                  crop_scale=(recipe.crop_scale_min, 1.0))
-    train_loader = build_loader(recipe.loader, files[0], train=True, auto_augment=recipe.auto_augment, **common)
+    if not files:
+        raise FastvipError("recipe.train_data is empty; name a packed file (fastvip pack)")
+    if len(files) > 1:  # train+val merged, as both reports train their final models
+        if ddp.main:
+            merge(files, console=console)
+        distributed.barrier()
+        files = [os.fspath(merged_path(files))]
+    common = {"image_size": recipe.image_size, "device": device, "seed": recipe.seed, "workers": recipe.workers,
+              "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0)}
+    train_loader = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
+                                auto_augment=recipe.auto_augment, views=recipe.views, pk=recipe.pk_samples, **common)
     classes = train_loader.classes
     if not classes:
         raise FastvipError(f"{files[0]} is unlabelled; training needs class folders")
-    if len(train_loader) == 0:
-        raise FastvipError(f"batch_size {recipe.batch_size} is larger than the {train_loader.num_samples} "
+    steps_per_epoch = len(train_loader) // recipe.grad_accum
+    if steps_per_epoch == 0:
+        raise FastvipError(f"batch_size {recipe.batch_size} is larger than the {train_loader.packed.num_samples} "
                            f"training images (the last partial batch is dropped)")
     val_loader = None
     if recipe.val_data:
-        val_loader = build_loader(recipe.loader, recipe.val_data, train=False, **common)
+        val_loader = build_loader(recipe.loader, recipe.val_data, train=False,
+                                  batch_size=max(1, recipe.batch_size // ddp.world), **common)
         if val_loader.classes != classes:
             raise FastvipError(f"class lists differ: {files[0]} has {len(classes)} classes, "
                                f"{recipe.val_data} has {len(val_loader.classes)}")
@@ -72,10 +106,12 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.init_from and ckpt is None:
-        _init_weights(model, recipe.init_from, console)
+        _init_weights(model, recipe, console)
+    if recipe.sync_bn and ddp.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = _optimizer(model, recipe)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ema = EMA(model, recipe.ema_decay) if recipe.ema else None
+    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
     step, start_epoch, best = 0, 0, {"top1": None, "epoch": None, "weights": None}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -85,41 +121,53 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
             ema.load_state_dict(ckpt["ema"])
         step, start_epoch, best = ckpt["step"], ckpt["epoch"], ckpt["best"]
         _set_rng_state(ckpt["rng"])
-    forward = torch.compile(model) if recipe.compile else model
+    wrapped = model
+    if ddp.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    forward = torch.compile(wrapped) if recipe.compile else wrapped
+    ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), rank=ddp.rank,
+                      teacher=ema.module if recipe.mt_weight > 0 else None,
+                      no_sync=wrapped.no_sync if ddp.world > 1 else None)
 
-    steps_per_epoch = len(train_loader)
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
+    rampup_steps = round(recipe.mt_rampup_epochs * steps_per_epoch)
     peak_lr = recipe.scaled_lr()
     metrics = run_dir / "metrics.jsonl"
-    metrics_log.append(metrics, {
-        "event": "start", "time": time.time(), "loader": recipe.loader, "world_size": 1,
-        "device": str(device), "model": recipe.model, "resumed_from_epoch": start_epoch if ckpt else None,
-        "num_classes": len(classes), "num_train": train_loader.num_samples,
-        "num_val": val_loader.num_samples if val_loader else 0, "batch_size": recipe.batch_size,
-        "peak_lr": peak_lr, "amp": str(amp).replace("torch.", "") if amp else "off",
-        "os_cache": getattr(train_loader, "os_cache", None)})
-    console.log(f"run: {recipe.model} on {device}, {train_loader.num_samples} train images, "
-                f"{len(classes)} classes, {steps_per_epoch} steps/epoch, loader {recipe.loader}"
+    if ddp.main:
+        metrics_log.append(metrics, {
+            "event": "start", "time": time.time(), "loader": recipe.loader, "world_size": ddp.world,
+            "device": str(device), "model": recipe.model, "resumed_from_epoch": start_epoch if ckpt else None,
+            "num_classes": len(classes), "num_train": train_loader.num_samples * ddp.world,
+            "num_val": val_loader.packed.num_samples if val_loader else 0, "batch_size": recipe.batch_size,
+            "grad_accum": recipe.grad_accum, "views": recipe.views,
+            "peak_lr": peak_lr, "amp": str(amp).replace("torch.", "") if amp else "off",
+            "os_cache": getattr(train_loader, "os_cache", None)})
+    console.log(f"run: {recipe.model} on {device}" + (f" x {ddp.world} processes" if ddp.world > 1 else "")
+                + f", {train_loader.num_samples * ddp.world} train images, {len(classes)} classes, "
+                f"{steps_per_epoch} steps/epoch, loader {recipe.loader}"
                 + (f", resumed after epoch {start_epoch}" if ckpt else ""))
 
     t_run = time.perf_counter()
     rates, nonfinite = [], 0
+    images_per_step = recipe.batch_size * recipe.views
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        seen, skipped, t0 = 0, 0, time.perf_counter()
-        with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * recipe.batch_size) as bar:
-            for images, labels in train_loader:
+        sums: dict[str, torch.Tensor] = {}
+        done, skipped, t0 = 0, 0, time.perf_counter()
+        with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * images_per_step) as bar:
+            for micro in _groups(train_loader, recipe.grad_accum):
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = train_step(forward, optimizer, scaler, images, labels, recipe, device, amp)
-                if loss is None:
+                terms = train_step(forward, optimizer, scaler, micro, ctx, step,
+                                   mt_ramp=losses.rampup(step, rampup_steps))
+                step += 1
+                if terms is None:
                     nonfinite += 1
                     skipped += 1
-                    step += 1
                     if nonfinite > recipe.max_nonfinite_steps:
                         raise FastvipError(
                             f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
@@ -127,86 +175,195 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
                             f"{_last_good(run_dir)}")
                     continue
                 if ema is not None:
-                    ema.update(model, step)
-                step += 1
-                loss_sum += loss.detach() * labels.numel()
-                seen += labels.numel()
-                if step % 10 == 0 or seen == steps_per_epoch * recipe.batch_size:
-                    bar.advance(seen - bar.done, step=step, loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+                    ema.update(model, step - 1)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach()
+                done += 1
+                if step % 10 == 0 or done == steps_per_epoch:
+                    bar.advance((done + skipped) * images_per_step - bar.done, step=step,
+                                loss=f"{terms['train_loss'].item():.3f}", lr=f"{lr:.4g}")
         train_time = time.perf_counter() - t0
-        rates.append(seen / train_time)
-        train_loss = (loss_sum / seen).item() if seen else float("nan")
+        rates.append(done * images_per_step / train_time)
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FastvipError(f"weights became NaN/inf in epoch {epoch + 1} (lower lr?); {_last_good(run_dir)}")
 
-        line = {"event": "epoch", "epoch": epoch + 1, "train_loss": train_loss, "loss_ce": train_loss,
-                "nonfinite_steps": skipped}
+        line = {"event": "epoch", "epoch": epoch + 1}
+        line.update(_epoch_means(sums, done, ddp.world, device))
+        line["nonfinite_steps"] = skipped
+        if ddp.world > 1:
+            line["weights_in_sync"] = _weights_in_sync(model, device)
+            if not line["weights_in_sync"]:
+                raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
         scores = {}
         if val_loader is not None:
             scores["raw"] = evaluate(model, val_loader, device, amp, recipe.channels_last)
-            line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"])
+            line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
             if ema is not None:
                 scores["ema"] = evaluate(ema.module, val_loader, device, amp, recipe.channels_last)
                 line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
-        line.update(lr=lr, img_per_s=rates[-1], epoch_time_s=time.perf_counter() - t0)
+        line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0)
 
         weights = max(scores, key=lambda k: scores[k]["top1"]) if scores else ("ema" if ema else "raw")
-        chosen = (ema.module if weights == "ema" else model).state_dict()
         top1 = scores[weights]["top1"] if scores else None
         improved = best["top1"] is None or (top1 is not None and top1 > best["top1"])
         if improved:
             best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "step": step, "epoch": epoch + 1, "best": best, "rng": _rng_state(),
-                 "recipe": recipe.to_dict(), "classes": classes, "inference": chosen, "weights": weights}
-        if improved:
-            save_checkpoint(run_dir / "best.pt", {k: state[k] for k in
-                                                  ("inference", "weights", "epoch", "recipe", "classes")})
-            atomic.write_json(run_dir / "best.json", best)
-        save_checkpoint(run_dir / "last.pt", state)
-        metrics_log.append(metrics, line)
+        if ddp.main:
+            chosen = (ema.module if weights == "ema" else model).state_dict()
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
+                     "step": step, "epoch": epoch + 1, "best": best, "rng": _rng_state(),
+                     "recipe": recipe.to_dict(), "classes": classes, "inference": chosen, "weights": weights}
+            if improved:
+                save_checkpoint(run_dir / "best.pt", {k: state[k] for k in
+                                                      ("inference", "weights", "epoch", "recipe", "classes")})
+                atomic.write_json(run_dir / "best.json", best)
+            save_checkpoint(run_dir / "last.pt", state)
+            metrics_log.append(metrics, line)
         console.log(_epoch_text(line, recipe.epochs))
         if stop_after is not None and epoch + 1 >= stop_after:
             break
 
-    _write_plots(run_dir, console)
+    distributed.barrier()
+    if ddp.main:
+        _write_plots(run_dir, console)
     summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "best_weights": best["weights"],
                "wall_time_s": time.perf_counter() - t_run,
-               "img_per_s": float(np.median(rates)) if rates else None, "run_dir": os.fspath(run_dir)}
+               "img_per_s": float(np.median(rates)) * ddp.world if rates else None,
+               "world_size": ddp.world, "run_dir": os.fspath(run_dir)}
     console.table("run summary", [(k, _fmt(v)) for k, v in summary.items()])
     return summary
 
 
-def train_step(forward, optimizer, scaler, images, labels, recipe: Recipe, device, amp):
-    """One optimiser step on a uint8 batch; returns the loss, or None when it was NaN/inf (skipped).
+@dataclass
+class StepContext:
+    """What a training step needs besides the model and optimiser."""
 
-    One host sync per step (GradScaler makes one too): a NaN/inf loss is skipped
-    before backward. With fp16, steps whose *gradients* overflow are GradScaler's
-    business (it skips them and lowers the scale) and are not counted here.
+    recipe: Recipe
+    device: torch.device
+    amp: torch.dtype | None
+    num_classes: int
+    augmented: bool = False            # the loader already applied auto_augment in its pipeline
+    rank: int = 0
+    teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode
+    no_sync: object = None             # DDP's no_sync, for all but the last micro-batch
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        if self.generator is None:
+            self.generator = torch.Generator(self.device)
+
+
+def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, step: int, micro: int = 0):
+    """uint8 batch -> (model input, soft targets, dominant labels), every random draw keyed on
+    (seed, step, micro-batch, rank) so a resumed run augments exactly as an unbroken one.
+
+    Order as in both reports: AutoAugment (uint8) -> normalize -> random erasing -> CutMix/Mixup.
     """
-    x = normalize(images, channels_last=recipe.channels_last)
-    with autocast(device, amp):
-        logits = forward(x)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-    if not torch.isfinite(loss):
-        return None
+    r = ctx.recipe
+    key = [r.seed & 0xFFFFFFFF, step, micro, ctx.rank, 0xA06]
+    ctx.generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    if r.auto_augment != "none" and not ctx.augmented:
+        images = augment_batch(images, ctx.generator, r.auto_augment)
+    x = normalize(images, channels_last=r.channels_last)
+    if r.random_erasing > 0:
+        x = random_erasing(x, ctx.generator, p=r.random_erasing)
+    targets = losses.smooth_targets(labels, ctx.num_classes, r.label_smoothing)
+    mix = draw_mix(np.random.default_rng(key), len(labels) // r.views, r.views, x.shape[2], x.shape[3],
+                   prob=r.mix_prob, cutmix_alpha=r.cutmix_alpha, mixup_alpha=r.mixup_alpha,
+                   switch_prob=r.mix_switch_prob, generator=ctx.generator, device=x.device)
+    x, targets = apply_mix(mix, x, targets)
+    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=fmt), targets, dominant_labels(mix, labels)
+
+
+def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step: int,
+               mt_ramp: float = 1.0) -> dict[str, torch.Tensor] | None:
+    """One optimiser step over ``grad_accum`` micro-batches of uint8 images.
+
+    Returns the (weighted) loss terms and ``train_loss``, averaged over the micro-batches,
+    or None when a loss was NaN/inf: the step is then skipped on every process before any
+    backward (one host sync per step; GradScaler makes one too). With fp16, steps whose
+    *gradients* overflow are GradScaler's business and are not counted here.
+    """
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    n = len(micro_batches)
+    totals: dict[str, torch.Tensor] = {}
+    for i, (images, labels) in enumerate(micro_batches):
+        x, targets, dominant = prepare_batch(images, labels, ctx, step, i)
+        sync = contextlib.nullcontext() if ctx.no_sync is None or i == n - 1 else ctx.no_sync()
+        with sync:
+            with autocast(ctx.device, ctx.amp):
+                out = forward(x)
+                teacher_logits = None
+                if ctx.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = ctx.teacher(x)
+                terms = loss_terms(ctx.recipe, out, targets, dominant, teacher_logits=teacher_logits,
+                                   mt_ramp=mt_ramp)
+            loss = sum(terms.values())
+            finite = torch.isfinite(loss.detach()).float().reshape(1)
+            if distributed.all_reduce_sum(finite).item() < distributed_world():
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            scaler.scale(loss / n).backward()
+        for name, value in [*terms.items(), ("train_loss", loss)]:
+            totals[name] = totals.get(name, 0.0) + value.detach() / n
     scaler.step(optimizer)
     scaler.update()
-    return loss
+    return totals
 
 
-def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console) -> dict | None:
-    """Create or reopen the run directory; return the checkpoint to resume from, if any."""
+def distributed_world() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _groups(loader, n: int):
+    """The loader's batches in lists of ``n`` (an incomplete last group is dropped)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
+
+
+def _weights_in_sync(model, device) -> bool:
+    """Whether every process holds the same weights (a float64 checksum, min == max over processes)."""
+    import torch.distributed as dist
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i, p in enumerate(model.parameters()):
+        total[0] += p.detach().double().sum() * (1 + (i % 7))
+        total[1] += p.detach().double().square().sum()
+    low, high = total.clone(), total.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
+
+
+def _epoch_means(sums: dict, steps: int, world: int, device) -> dict:
+    """Per-step means of the logged terms, averaged over processes."""
+    if not sums:
+        return {"train_loss": float("nan")}
+    names = sorted(sums)
+    packed = torch.stack([torch.as_tensor(sums[k], device=device, dtype=torch.float32) for k in names])
+    packed = distributed.all_reduce_sum(packed) / (max(steps, 1) * world)
+    return {k: float(v) for k, v in zip(names, packed.tolist())}
+
+
+def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console, write: bool = True) -> dict | None:
+    """Create or reopen the run directory; return the checkpoint to resume from, if any.
+
+    Every process checks; only the writer (process 0) creates and writes files."""
     last = run_dir / "last.pt"
     if last.exists() and not resume:
         raise FastvipError(f"{run_dir} already holds a run; pass --resume to continue it "
                            "or --out to start a new one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("last.pt", "best.pt"):
-        atomic.remove_stale_temps(run_dir / name)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            atomic.remove_stale_temps(run_dir / name)
     ckpt = None
     if resume and last.exists():
         ckpt = load_checkpoint(last)
@@ -214,11 +371,13 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console)
         diff = [k for k in recipe.to_dict() if getattr(saved, k) != getattr(recipe, k) and k != "out"]
         if diff:
             raise FastvipError(f"--resume with a different recipe (changed: {', '.join(diff)})")
-        metrics_log.keep_epochs_up_to(run_dir / "metrics.jsonl", ckpt["epoch"])
+        if write:
+            metrics_log.keep_epochs_up_to(run_dir / "metrics.jsonl", ckpt["epoch"])
     elif resume:
         console.log(f"run: nothing to resume in {run_dir}, starting from scratch")
-    atomic.write_text(run_dir / "recipe.json", recipe_mod.dumps(recipe))
-    atomic.write_text(run_dir / "recipe.py", recipe.to_text())
+    if write:
+        atomic.write_text(run_dir / "recipe.json", recipe_mod.dumps(recipe))
+        atomic.write_text(run_dir / "recipe.py", recipe.to_text())
     return ckpt
 
 
@@ -249,17 +408,22 @@ def _optimizer(model, recipe: Recipe):
                                filter_bias_and_bn=True, **kwargs)
 
 
-def _init_weights(model, init_from: str, console: Console) -> None:
-    path = Path(init_from)
+def _init_weights(model, recipe: Recipe, console: Console) -> None:
+    """Weights only from ``init_from`` (stage 2, fine-tunes); heads may differ (see
+    :func:`fastvip.net.adapt_init_weights`). Optimiser and schedule start fresh."""
+    path = Path(recipe.init_from)
     if not path.exists():
-        raise FastvipError(f"init_from {init_from} does not exist; train the recipe it names first")
+        first = f"; train it first: fastvip run {recipe.init_recipe}" if recipe.init_recipe else \
+            "; train the recipe it names first"
+        raise FastvipError(f"init_from {recipe.init_from} does not exist{first}")
     weights, which = inference_weights(load_checkpoint(find_weights(path, "best")))
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise FastvipError(f"init_from {init_from} does not fit {type(model).__name__}: {first}") from None
-    console.log(f"run: initialised from {init_from} ({which} weights)")
+        state, fresh = adapt_init_weights(model, weights)
+    except FastvipError as e:
+        raise FastvipError(f"init_from {recipe.init_from}: {e}") from None
+    model.load_state_dict(state)
+    console.log(f"run: initialised from {recipe.init_from} ({which} weights"
+                + (f"; new: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))}" if fresh else "") + ")")
 
 
 def _rng_state() -> dict:
@@ -278,6 +442,9 @@ def _set_rng_state(state: dict) -> None:
 
 def _epoch_text(line: dict, epochs: int) -> str:
     parts = [f"epoch {line['epoch']}/{epochs}", f"loss {line['train_loss']:.4f}"]
+    terms = [(k[5:], v) for k, v in line.items() if k.startswith("loss_")]
+    if len(terms) > 1:  # one term is the loss itself
+        parts += [f"{name} {v:.3f}" for name, v in terms]
     if "val_top1" in line:
         parts.append(f"val_top1 {line['val_top1']:.2f}")
     if "val_top1_ema" in line:

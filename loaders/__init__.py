@@ -8,6 +8,9 @@ A loader reads a file written by ``fastvip pack`` and is an iterable of
   batched functions in :mod:`fastvip.augment`;
 - ``labels``: ``int64`` (``-1`` for unlabelled samples).
 
+With ``views=2`` a train batch holds every image twice, independently cropped and
+flipped: rows ``i`` and ``i + n`` are the two views of one image.
+
 A batch may live in a buffer the loader reuses (FFCV recycles its output slots
 after ``batches_ahead`` more batches, as a bare FFCV ``Loader`` does): consume it
 in the step, or ``clone()`` what you keep longer.
@@ -46,8 +49,15 @@ class Loader(Protocol):
 def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0,
                  eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 auto_augment: bool = False) -> Loader:
-    """Create the loader named ``kind`` (a key of :data:`LOADERS`)."""
+                 auto_augment: str = "none", views: int = 1, pk: int = 0) -> Loader:
+    """Create the loader named ``kind`` (a key of :data:`LOADERS`).
+
+    ``batch_size`` is global: under torchrun each process loads ``batch_size / world`` images
+    (train). ``views``: two-view batches (every image ``views`` times, independently cropped
+    and flipped, views one after the other). ``pk``: P x K class-balanced batches with K = ``pk``.
+    ``auto_augment`` reaches loaders that augment inside their pipeline
+    (``augments_in_pipeline``); for the others the trainer augments on the device.
+    """
     from fastvip.errors import FastvipError
     if kind not in LOADERS:
         raise FastvipError(f"unknown loader {kind!r}; choose one of {', '.join(LOADERS)}")
@@ -56,6 +66,12 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
         loader_cls = getattr(importlib.import_module(module), cls)
     except ImportError as e:
         raise FastvipError(f"loader {kind!r} is not available: {e}") from None
+    extra = {"auto_augment": auto_augment if train else "none"} if in_pipeline(loader_cls) else {}
     return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
                       device=device, seed=seed, workers=workers, eval_crop=eval_crop,
-                      crop_scale=crop_scale, auto_augment=auto_augment and train)
+                      crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0, **extra)
+
+
+def in_pipeline(loader) -> bool:
+    """Whether ``loader`` (instance or class) applies AutoAugment itself."""
+    return bool(getattr(loader, "augments_in_pipeline", False))

@@ -26,35 +26,30 @@ import torch
 from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 
-from .keyed import crop_windows, epoch_key, epoch_order, flip_mask
+from fastvip.augment import AUGMENTS
 
-
-def _shard() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed, (0, 1) when it is not initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+from .keyed import crop_windows, epoch_key, eval_shard, flip_mask, process_batch, train_order, view_key
 
 
 class BatchSource:
     """Picklable batch callable: ``(epoch, batch) -> (jpegs, anchors, shapes, mirror, labels)``."""
 
     def __init__(self, path, ptrs, sizes, heights, widths, labels, indices, *, train, batch_size, seed,
-                 rank, world, base_epoch, crop_scale, eval_crop):
+                 rank, world, base_epoch, crop_scale, eval_crop, views=1, pk=0):
         self.path, self.ptrs, self.sizes = os.fspath(path), ptrs, sizes
         self.heights, self.widths, self.labels, self.indices = heights, widths, labels, indices
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.rank, self.world, self.base_epoch = rank, world, base_epoch
         self.crop_scale, self.eval_crop = crop_scale, eval_crop
+        self.views, self.pk = views, pk
         self._data = None
 
     def shard(self, epoch: int) -> np.ndarray:
         """This rank's samples for ``epoch``, in order."""
-        if self.train:
-            order = epoch_order(self.seed, epoch, self.indices)
-            per_rank = len(order) // self.world  # equal shards: every rank takes the same steps
-            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return np.array_split(self.indices, self.world)[self.rank]  # every sample once overall
+        if self.train:  # every rank takes the same number of whole batches
+            return train_order(self.seed, epoch, self.indices, self.batch_size * self.world,
+                               world=self.world, rank=self.rank, labels=self.labels, pk=self.pk)
+        return eval_shard(self.indices, self.world, self.rank)  # every sample once overall
 
     def __call__(self, info):
         epoch = self.base_epoch + info.epoch_idx
@@ -67,10 +62,15 @@ class BatchSource:
             self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
         key = np.uint64(epoch_key(self.seed, epoch))
         idx = idx.astype(np.uint64)
-        win = crop_windows(key, idx, self.heights, self.widths, self.train, float(self.crop_scale[0]),
-                           float(self.crop_scale[1]), float(np.log(3 / 4)), float(np.log(4 / 3)),
-                           float(self.eval_crop))
-        mirror = flip_mask(key, idx) if self.train else np.zeros(len(idx), bool)
+        # two-view batches: every sample once per view, views one after the other
+        keys = [np.uint64(view_key(key, v)) for v in range(self.views)]
+        win = np.concatenate([crop_windows(k, idx, self.heights, self.widths, self.train,
+                                           float(self.crop_scale[0]), float(self.crop_scale[1]),
+                                           float(np.log(3 / 4)), float(np.log(4 / 3)), float(self.eval_crop))
+                              for k in keys])
+        mirror = (np.concatenate([flip_mask(k, idx) for k in keys]) if self.train
+                  else np.zeros(len(idx), bool))
+        idx = np.tile(idx, self.views)
         jpegs = [np.array(self._data[self.ptrs[i]:self.ptrs[i] + self.sizes[i]]) for i in idx]
         anchors = [np.array([w[1], w[0]], np.float32) for w in win]   # (x, y)
         shapes = [np.array([w[3], w[2]], np.float32) for w in win]    # (w, h)
@@ -82,11 +82,12 @@ class DALILoader:
     """The DALI path of the loader interface (see :mod:`loaders`)."""
 
     name = "dali"
+    augments_in_pipeline = True  # AutoAugment / RandAugment are DALI's own, inside the pipeline
 
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int, device: torch.device,
                  seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
-                 crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: bool = False, indices=None,
-                 source_workers: int = 0):
+                 crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: str = "none", views: int = 1,
+                 pk: int = 0, indices=None, source_workers: int = 0):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
@@ -102,16 +103,19 @@ class DALILoader:
         table = np.sort(reader.alloc_table, order="ptr")
         pos = np.searchsorted(table["ptr"], image_md["data_ptr"])
         sizes = table["size"][pos].astype(np.int64)
-        self.train, self.batch_size, self.device, self.seed = train, batch_size, device, seed
+        self.rank, self.world, local = process_batch(batch_size, train, pk)
+        if auto_augment not in AUGMENTS:
+            raise FastvipError(f"auto_augment must be one of {', '.join(AUGMENTS)}")
+        self.train, self.batch_size, self.device, self.seed = train, local, device, seed
         self.image_size, self.workers, self.source_workers = image_size, workers, source_workers
-        self.auto_augment = auto_augment
-        self.rank, self.world = _shard()
+        self.auto_augment = auto_augment if train else "none"
+        self.views = views if train else 1
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
         self._source_args = (path, image_md["data_ptr"].astype(np.int64), sizes,
                              image_md["height"].astype(np.int64), image_md["width"].astype(np.int64),
                              self.packed.labels, all_idx)
-        self._source_kw = dict(train=train, batch_size=batch_size, seed=seed, rank=self.rank, world=self.world,
-                               crop_scale=crop_scale, eval_crop=eval_crop)
+        self._source_kw = dict(train=train, batch_size=local, seed=seed, rank=self.rank, world=self.world,
+                               crop_scale=crop_scale, eval_crop=eval_crop, views=self.views, pk=pk)
         probe = BatchSource(*self._source_args, base_epoch=0, **self._source_kw)
         self.num_samples = len(probe.shard(0))
         self.epoch = 0
@@ -138,10 +142,12 @@ class DALILoader:
         # (and rebuild every epoch, see __iter__) so a resumed run draws what an unbroken one did.
         dali_seed = int(epoch_key(self.seed, self.epoch) % np.uint64(2**31 - 1))
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.workers or (os.cpu_count() or 1),
+        augment = self.auto_augment != "none"
+
+        @pipeline_def(batch_size=self.batch_size * self.views, num_threads=self.workers or (os.cpu_count() or 1),
                       device_id=(self.device.index or 0) if cuda else None, seed=dali_seed,
                       py_num_workers=max(1, self.source_workers), py_start_method="spawn",
-                      enable_conditionals=self.auto_augment)
+                      enable_conditionals=augment)
         def pipeline():
             jpegs, anchor, shape, mirror, labels = fn.external_source(
                 source=source, num_outputs=5, batch=True, batch_info=True, parallel=parallel)
@@ -149,8 +155,8 @@ class DALILoader:
                                              output_type=types.RGB, axis_names="WH",
                                              normalized_anchor=False, normalized_shape=False)
             images = fn.resize(images, size=(size, size), antialias=True)
-            if self.auto_augment:  # per-sample ImageNet policy, on the GPU with device="mixed"
-                images = _auto_augment(images, size)
+            if augment:  # per-sample policy, on the GPU with device="mixed"
+                images = _auto_augment(images, size, self.auto_augment)
             images = fn.crop_mirror_normalize(images, mirror=mirror, output_layout="CHW", dtype=types.UINT8)
             return images, labels.gpu() if cuda else labels
 
@@ -161,7 +167,7 @@ class DALILoader:
         return pipe
 
     def __iter__(self):
-        if self._pipe is None or self._next_epoch != self.epoch or self.auto_augment:
+        if self._pipe is None or self._next_epoch != self.epoch or self.auto_augment != "none":
             self._pipe = None  # a new base epoch (or an interrupted one): rebuild
             self._pipe = self._build()
         pipe, finished = self._pipe, False
@@ -181,10 +187,11 @@ class DALILoader:
                 self._pipe = None  # stopped early: prefetched batches are stale
 
 
-def _auto_augment(images, size: int):
-    """DALI's ImageNet AutoAugment, without the deprecation notice it forces on for an
-    alias it uses internally (it resets warning filters, so only ``showwarning`` reaches it)."""
-    from nvidia.dali.auto_aug import auto_augment
+def _auto_augment(images, size: int, kind: str):
+    """DALI's ImageNet AutoAugment or RandAugment (n=2, m=9), without the deprecation notice it
+    forces on for an alias it uses internally (it resets warning filters, so only
+    ``showwarning`` reaches it)."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
@@ -192,6 +199,8 @@ def _auto_augment(images, size: int):
             if "moved out from the experimental phase" not in str(message):
                 shown(message, *args, **kwargs)
         warnings.showwarning = quiet
+        if kind == "randaugment":
+            return rand_augment.rand_augment(images, n=2, m=9, shape=[size, size])
         return auto_augment.auto_augment_image_net(images, shape=[size, size])
 
 

@@ -31,9 +31,11 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
+from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 
-from .keyed import DRAW_FLIP, crop_window, epoch_key, epoch_order, uniform
+from .keyed import (DRAW_FLIP, crop_window, epoch_key, eval_shard, process_batch, train_order, uniform,
+                    view_key)
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
@@ -59,11 +61,17 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
     from 512-px packs the scale stays 1). Decoding only the crop region through
     ``tjTransform`` was measured slower than a whole decode (it Huffman-decodes the whole
     image, then re-encodes and decodes the region) and is not used. See benchmarks/RESULTS.md.
+
+    ``views > 1`` (two-view batches): the JPEG is decoded once and ``views`` crops with
+    independent keys (:func:`loaders.keyed.view_key`) are cut from it, stacked vertically.
     """
 
     def __init__(self, output_size, train: bool, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 eval_crop: float = 0.875):
-        super().__init__(output_size)
+                 eval_crop: float = 0.875, views: int = 1):
+        # ``views`` independent crops of one decode, stacked vertically (views * h, w)
+        super().__init__((output_size[0] * views, output_size[1]))
+        self.view_size = tuple(output_size)
+        self.views = views
         self.train, self.scale, self.ratio, self.eval_crop = train, scale, ratio, eval_crop
         self.token = next(_TOKENS)
         _KEYS[self.token] = np.uint64(0)
@@ -83,7 +91,8 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
         token, train, eval_crop = self.token, self.train, float(self.eval_crop)
         s_lo, s_hi = float(self.scale[0]), float(self.scale[1])
         r_lo, r_hi = float(np.log(self.ratio[0])), float(np.log(self.ratio[1]))
-        out_h, out_w = int(self.output_size[0]), int(self.output_size[1])
+        out_h, out_w = int(self.view_size[0]), int(self.view_size[1])
+        views = int(self.views)
         jpg = 0  # FFCV's IMAGE_MODES['jpg']
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -95,31 +104,42 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.int64(field["height"]), np.int64(field["width"])
-                top, left, h, w = crop_window(height, width, key, source_ix, train,
-                                              s_lo, s_hi, r_lo, r_hi, eval_crop)
-                out = destination[dst_ix]
-                if field["mode"] == jpg:
-                    num = 8  # DCT scale num/8: halve while the crop still covers the output
-                    while num > 1 and h * (num // 2) >= 8 * out_h and w * (num // 2) >= 8 * out_w:
-                        num //= 2
+                crops = np.empty((views, 4), dtype=np.int64)
+                num = 8  # DCT scale num/8: the smallest at which every crop still covers the output
+                for v in range(views):
+                    top, left, h, w = crop_window(height, width, view_key(key, v), source_ix, train,
+                                                  s_lo, s_hi, r_lo, r_hi, eval_crop)
+                    crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3] = top, left, h, w
+                    n = 8
+                    while n > 1 and h * (n // 2) >= 8 * out_h and w * (n // 2) >= 8 * out_w:
+                        n //= 2
+                    if v == 0 or n > num:
+                        num = n
+                jpeg = field["mode"] == jpg
+                if jpeg:
                     sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
                     buf = temp_storage[dst_ix]
                     imdecode_c(image_data, buf, height, width, height, width, 0, 0, num, 8, False, False)
                     image = buf[:sh * sw * 3].reshape(sh, sw, 3)
-                    r0, c0 = (top * num) // 8, (left * num) // 8
-                    r1 = min(sh, max(r0 + 1, ((top + h) * num) // 8))
-                    c1 = min(sw, max(c0 + 1, ((left + w) * num) // 8))
-                    resize_crop_c(image, r0, r1, c0, c1, out)
                 else:
                     image = image_data.reshape(height, width, 3)
-                    resize_crop_c(image, top, top + h, left, left + w, out)
-                if train and uniform(key, source_ix, DRAW_FLIP) < 0.5:
-                    for r in range(out_h):
-                        for c in range(out_w // 2):
-                            for ch in range(3):
-                                t = out[r, c, ch]
-                                out[r, c, ch] = out[r, out_w - 1 - c, ch]
-                                out[r, out_w - 1 - c, ch] = t
+                for v in range(views):
+                    top, left, h, w = crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3]
+                    out = destination[dst_ix, v * out_h:(v + 1) * out_h]
+                    if jpeg:
+                        r0, c0 = (top * num) // 8, (left * num) // 8
+                        r1 = min(sh, max(r0 + 1, ((top + h) * num) // 8))
+                        c1 = min(sw, max(c0 + 1, ((left + w) * num) // 8))
+                        resize_crop_c(image, r0, r1, c0, c1, out)
+                    else:
+                        resize_crop_c(image, top, top + h, left, left + w, out)
+                    if train and uniform(view_key(key, v), source_ix, DRAW_FLIP) < 0.5:
+                        for r in range(out_h):
+                            for c in range(out_w // 2):
+                                for ch in range(3):
+                                    t = out[r, c, ch]
+                                    out[r, c, ch] = out[r, out_w - 1 - c, ch]
+                                    out[r, out_w - 1 - c, ch] = t
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -172,13 +192,16 @@ class CanvasDecoder(ResizedCropRGBImageDecoder):
 
 
 class _Order(TraversalOrder):
-    """fastvip's traversal order: seeded per-epoch permutation (train) or file order (eval).
+    """fastvip's traversal order (:func:`loaders.keyed.train_order`): this rank's part of a seeded
+    per-epoch permutation or of P x K batches (train), or this rank's eval shard in file order.
 
-    FFCV instantiates orders with ``order(loader)``; this instance binds itself.
+    FFCV instantiates orders with ``order(loader)``; this instance binds itself. FFCV's own
+    ``distributed`` flag stays off: the sharding is done here.
     """
 
-    def __init__(self, shuffle: bool, seed: int):
-        self.shuffle, self.seed = shuffle, seed
+    def __init__(self, train: bool, seed: int, batch_size: int, world: int, rank: int, labels, pk: int):
+        self.train, self.seed, self.batch_size = train, seed, batch_size
+        self.world, self.rank, self.labels, self.pk = world, rank, labels, pk
         self.indices = None
         self._cache: tuple[int, np.ndarray] | None = None
 
@@ -189,10 +212,12 @@ class _Order(TraversalOrder):
         return self
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
+        if not self.train:
             return self.indices
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_order(self.seed, epoch, self.indices))
+            self._cache = (epoch, train_order(self.seed, epoch, self.indices, self.batch_size * self.world,
+                                              world=self.world, rank=self.rank, labels=self.labels,
+                                              pk=self.pk))
         return self._cache[1]
 
 
@@ -211,21 +236,19 @@ class FFCVLoader:
 
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
-                 crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: bool = False, indices=None,
+                 crop_scale: tuple[float, float] = (0.08, 1.0), views: int = 1, pk: int = 0, indices=None,
                  batches_ahead: int = 3, canvas: bool = False):
-        if auto_augment:
-            from fastvip.errors import FastvipError
-            raise FastvipError("auto_augment=true needs loader=dali for now: the FFCV path's batched "
-                               "GPU AutoAugment comes with the DeepBlueAI-method issue")
         self.packed = open_packed(path)
-        self.train, self.batch_size, self.device, self.seed = train, batch_size, device, seed
+        self.rank, self.world, local = process_batch(batch_size, train, pk)
+        self.train, self.batch_size, self.device, self.seed = train, local, device, seed
+        self.views = views if train else 1
         self.epoch = 0
         self.os_cache = _fits_in_ram(path)
         if canvas:  # whole images for test-time views (eval only)
             self._decoder = CanvasDecoder()
         else:
             self._decoder = KeyedCropDecoder((image_size, image_size), train=train, scale=crop_scale,
-                                             eval_crop=eval_crop)
+                                             eval_crop=eval_crop, views=self.views)
         non_blocking = device.type == "cuda"
         pipelines = {
             "image": [self._decoder, ToTensor(), ToDevice(device, non_blocking=non_blocking),
@@ -233,14 +256,19 @@ class FFCVLoader:
             "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=non_blocking)],
             "id": None,
         }
-        self._order = _Order(shuffle=train, seed=seed)
+        all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
+        if not train:
+            all_idx = eval_shard(all_idx, self.world, self.rank)
+        if train and pk and self.packed.labels is None:
+            raise FastvipError(f"P x K batches need labels; {path} is unlabelled")
+        self._order = _Order(train, seed, local, self.world, self.rank, self.packed.labels, pk)
         self._loader = _FFCVLoader(
-            os.fspath(path), batch_size=batch_size, num_workers=workers or (os.cpu_count() or 1),
+            os.fspath(path), batch_size=local, num_workers=workers or (os.cpu_count() or 1),
             # The process cache with a random order reads whole pages; the OS cache is
             # better whenever the file fits in RAM (and is shared between processes).
             os_cache=self.os_cache, order=self._order, drop_last=train, pipelines=pipelines,
-            batches_ahead=batches_ahead, seed=seed, indices=indices)
-        self.num_samples = len(self._loader.indices)
+            batches_ahead=batches_ahead, seed=seed, indices=all_idx)
+        self.num_samples = len(self._order.sample_order(0)) if train else len(all_idx)
 
     @property
     def classes(self) -> list[str]:
@@ -259,7 +287,11 @@ class FFCVLoader:
         self._loader.next_epoch = self.epoch
         it = iter(self._loader)
         try:
-            yield from it
+            if self.views == 1:
+                yield from it
+                return
+            for images, labels in it:  # (n, 3, views*h, w) -> views stacked on the batch axis
+                yield torch.cat(images.chunk(self.views, dim=2)), labels.repeat(self.views)
         finally:
             _stop(it)
 

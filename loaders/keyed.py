@@ -86,6 +86,118 @@ def epoch_order(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     return rng.permutation(np.asarray(indices))
 
 
+def pk_order(seed: int, epoch: int, indices: np.ndarray, labels: np.ndarray, p: int, k: int,
+             world: int = 1) -> np.ndarray:
+    """Class-balanced batches of ``p`` classes x ``k`` samples for each of ``world`` ranks.
+
+    Each class's samples are shuffled and cut into groups of ``k`` (a class with fewer
+    than ``k`` samples is filled up by repeating its own samples; a remainder is left for
+    another epoch). The groups are shuffled and dealt into global batches of ``world * p``
+    groups of distinct classes, a group deferred when its class is already in the batch
+    being filled. Global batch ``b`` is laid out rank by rank, so rank ``r`` reading its
+    ``p * k`` slice of each global batch gets whole classes (see :func:`rank_slice`).
+    Identical on every rank. Every epoch has the same number of whole global batches:
+    ``floor(groups / (world * p))``; when leftover groups of too few classes remain, the
+    last batches are filled with ``k`` random samples of random distinct classes.
+    """
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x9C4B])
+    indices = np.asarray(indices)
+    labels = np.asarray(labels)[indices]
+    groups, group_class = [], []
+    for c in np.unique(labels):
+        mine = rng.permutation(indices[labels == c])
+        if len(mine) < k:
+            mine = np.concatenate([mine, rng.choice(mine, k - len(mine))])
+        for g in range(len(mine) // k):
+            groups.append(mine[g * k:(g + 1) * k])
+            group_class.append(c)
+    per_batch = world * p
+    batches, open_batch, open_classes, pending = [], [], set(), []
+    for g in rng.permutation(len(groups)):
+        pending.append(g)  # groups wait here while their class is already in the open batch
+        i = 0
+        while i < len(pending):
+            h = pending[i]
+            if group_class[h] in open_classes:
+                i += 1
+                continue
+            open_batch.append(h)
+            open_classes.add(group_class[h])
+            pending.pop(i)
+            if len(open_batch) == per_batch:
+                batches.append(open_batch)
+                open_batch, open_classes, i = [], set(), 0
+    # Leftover groups of a few classes cannot fill a batch of distinct classes; top the epoch
+    # up with fresh groups of random distinct classes so every epoch has the same length.
+    classes = np.unique(labels)
+    if len(classes) < per_batch:
+        raise ValueError(f"P x K batches need {per_batch} distinct classes per global batch, "
+                         f"the data has {len(classes)}")
+    members = {c: indices[labels == c] for c in classes}
+    out = [groups[h] for batch in batches for h in batch]
+    for _ in range(len(groups) // per_batch - len(batches)):
+        for c in rng.choice(classes, per_batch, replace=False):
+            out.append(rng.choice(members[c], k, replace=len(members[c]) < k))
+    return np.concatenate(out) if out else indices[:0]
+
+
+def rank_slice(order: np.ndarray, batch_size: int, world: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s part of a global order: its ``batch_size // world`` slice of every whole
+    global batch of ``batch_size`` (the last partial global batch is dropped)."""
+    local = batch_size // world
+    steps = len(order) // batch_size
+    shaped = np.asarray(order)[:steps * batch_size].reshape(steps, world, local)
+    return shaped[:, rank].reshape(-1)
+
+
+def train_order(seed: int, epoch: int, indices: np.ndarray, batch_size: int, *, world: int = 1,
+                rank: int = 0, labels: np.ndarray | None = None, pk: int = 0) -> np.ndarray:
+    """This rank's training samples for ``epoch``, in order, whole local batches only.
+
+    ``batch_size`` is global. ``pk > 0``: P x K class-balanced batches, ``P = batch_size / (world * pk)``
+    classes per rank (:func:`pk_order`); otherwise a seeded permutation (:func:`epoch_order`).
+    """
+    if pk > 0:
+        order = pk_order(seed, epoch, indices, labels, batch_size // (world * pk), pk, world)
+    else:
+        order = epoch_order(seed, epoch, indices)
+    return rank_slice(order, batch_size, world, rank)
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed, (0, 1) when it is not initialised."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def process_batch(batch_size: int, train: bool, pk: int = 0) -> tuple[int, int, int]:
+    """(rank, world, this process's batch): a global train batch is split evenly over the
+    processes (eval batches are per process); one-line errors when it cannot be."""
+    from fastvip.errors import FastvipError
+    rank, world = dist_rank_world()
+    if batch_size % world:
+        raise FastvipError(f"batch_size {batch_size} is not divisible by the {world} processes")
+    local = batch_size // world if train else batch_size
+    if train and pk and local % pk:
+        raise FastvipError(f"P x K batches: the per-process batch {local} is not a multiple of K={pk}")
+    return rank, world, local
+
+
+def eval_shard(indices: np.ndarray, world: int, rank: int) -> np.ndarray:
+    """Contiguous, possibly uneven eval shards: every sample on exactly one rank, none repeated."""
+    return np.array_split(np.asarray(indices), world)[rank]
+
+
+@njit(cache=True, nogil=True)
+def view_key(key, view):
+    """The key of augmented view ``view`` of an epoch (view 0 uses the epoch key itself)."""
+    if view == 0:
+        return key
+    return mix64(key ^ mix64(np.uint64(view) * _GOLDEN + np.uint64(0x71E3)))
+
+
 @njit(cache=True, nogil=True)
 def crop_window(height, width, key, index, train, scale_lo, scale_hi, logr_lo, logr_hi, eval_crop):
     """``(top, left, h, w)``: a keyed random-resized crop (train) or the centre crop of

@@ -20,5 +20,7 @@ recipe = dataclasses.replace(
     weight_decay=5e-4,
     ema=True,
     ema_decay=0.998,
+    auto_augment="none",
+    mix_prob=0.0,
     description="",
 )

@@ -140,3 +140,38 @@ def test_sidecar_mismatch_is_detected(tmp_path):
     orphan.write_bytes(b"x")
     with pytest.raises(FastvipError, match="no orphan.beton.meta.json"):
         open_packed(orphan)
+
+
+def test_merge_train_and_val_for_training(colour_data, tmp_path):
+    import shutil
+
+    from fastvip.pack import merge, merged_path
+    from fastvip.train import run
+    from fastvip.recipe import Recipe
+    files = []
+    for split in ("train", "val"):  # copies: the merge is written beside the first file
+        for suffix in (".beton", ".beton.meta.json"):
+            shutil.copy(str(colour_data[split]).replace(".beton", suffix), tmp_path / f"{split}{suffix}")
+        files.append(tmp_path / f"{split}.beton")
+    quiet = Console(quiet=True)
+    out = merge(files, console=quiet)
+    assert out == merged_path(files) == tmp_path / "train+val.beton"
+    merged, train, val = open_packed(out), open_packed(files[0]), open_packed(files[1])
+    assert merged.num_samples == 144 and merged.classes == train.classes
+    assert list(merged.labels) == list(train.labels) + list(val.labels)
+    assert merged.ids == train.ids + val.ids
+    stamp = out.stat().st_mtime_ns
+    assert merge(files, console=quiet) == out and out.stat().st_mtime_ns == stamp  # reused
+    # the merged file decodes to the same pixels as its sources (JPEG bytes copied, not re-encoded)
+    import torch
+    from loaders import build_loader
+    kw = dict(train=False, batch_size=200, image_size=24, device=torch.device("cpu"), workers=1)
+    a = next(iter(build_loader("ffcv", out, **kw)))[0].clone()
+    b = torch.cat([next(iter(build_loader("ffcv", f, **kw)))[0].clone() for f in files])
+    assert torch.equal(a, b)
+    summary = run(Recipe(model="test_resnet", train_data=[str(f) for f in files], epochs=1, batch_size=16,
+                         image_size=24, workers=1), tmp_path / "run", console=quiet)
+    start = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["num_train"] == 144 and summary["best_epoch"] == 1
+    with pytest.raises(FastvipError, match="only labelled files can be merged"):
+        merge([files[0], colour_data["test"]], console=quiet)

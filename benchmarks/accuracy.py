@@ -1,0 +1,145 @@
+"""Accuracy benchmark on the tiny-vipriors proxy: fastvip's models, their ensemble, and the obvious baseline.
+
+Runs, through the real command line, end to end:
+
+1. ``fastvip pack`` of ``DATA/{train,val,test}`` (skipped when the packs exist);
+2. ``fastvip run`` of each recipe (``--models``; default: the CE proxy recipe, its
+   triplet and ArcFace stage-2 runs, and the 2021 framework), validated on val;
+3. ``fastvip predict`` of val (probabilities) and test (a submission CSV);
+4. ``fastvip ensemble`` of the models' probabilities (val top-1 and a test submission);
+5. ``benchmarks/baseline_torchvision.py`` (ImageFolder + DataLoader + timm ResNet-18 +
+   SGD / cosine) given the wall time of the CE recipe's run.
+
+Results go to ``OUT/accuracy.json`` and a markdown table on stdout; submissions to
+``--submissions`` (default ``benchmarks/submissions``). Every run directory is kept
+under ``OUT/runs``, so an interrupted benchmark resumes where it stopped.
+
+    python benchmarks/accuracy.py --data ../shared/data/tiny-vipriors --out bench_acc
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ["tiny_vipriors_resnet18", "tiny_vipriors_resnet18_triplet", "tiny_vipriors_resnet18_arcface",
+                  "tiny_vipriors_framework"]
+
+
+def sh(cmd: list, log: Path) -> None:
+    """Run a command, its output appended to ``log``; stop the benchmark when it fails."""
+    with open(log, "a") as fh:
+        fh.write("$ " + " ".join(map(str, cmd)) + "\n")
+        fh.flush()
+        p = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    if p.returncode:
+        sys.exit(f"failed ({p.returncode}): {' '.join(map(str, cmd))}; see {log}")
+
+
+def fastvip(*args) -> list:
+    return [sys.executable, "-m", "fastvip", *args]
+
+
+def last_epoch(run_dir: Path) -> dict:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["event"] == "epoch"][-1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tiny-vipriors")
+    ap.add_argument("--out", type=Path, default=Path("bench_acc"))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="recipe names under recipes/")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    ap.add_argument("--submissions", type=Path, default=REPO / "benchmarks" / "submissions")
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--tag", default="", help="suffix of the submission file names")
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    args.submissions.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    packs = {}
+    for split in ("train", "val", "test"):
+        packs[split] = out / f"{split}.beton"
+        if not packs[split].exists():
+            sh(fastvip("pack", args.data / split, packs[split], "--quiet"), log)
+    models = [m for m in args.models.split(",") if m]
+    results = json.loads((out / "accuracy.json").read_text()) if (out / "accuracy.json").exists() else {}
+    tag = f"_{args.tag}" if args.tag else ""
+    for name in models:
+        run_dir = out / "runs" / name
+        recipe = REPO / "recipes" / f"{name}.py"
+        sets = [f"train_data={packs['train']}", f"val_data={packs['val']}", *args.set]
+        text = recipe.read_text()
+        if "init_from=" in text:  # stage 2: the CE run of this benchmark
+            base = text.split('init_recipe="recipes/')[1].split(".py")[0]
+            sets.append(f"init_from={out / 'runs' / base}")
+        if not (run_dir / "done").exists():
+            t0 = time.time()
+            resume = ["--resume"] if (run_dir / "last.pt").exists() else []
+            sh(fastvip("run", recipe, "--out", run_dir, "--quiet", *resume, "--set", *sets), log)
+            (run_dir / "done").write_text(f"{time.time() - t0:.1f}\n")
+        wall = float((run_dir / "done").read_text())
+        probs = run_dir / "predictions" / "val_probs.npz"
+        if not probs.exists():
+            sh(fastvip("predict", run_dir, packs["val"], "--out", probs, "--quiet"), log)
+        sub = args.submissions / f"tiny_vipriors_{name}{tag}.csv"
+        if not sub.exists():
+            sh(fastvip("predict", run_dir, packs["test"], "--out", run_dir / "predictions" / "test_probs.npz",
+                       "--submission", sub, "--quiet"), log)
+        e = last_epoch(run_dir)
+        best = json.loads((run_dir / "best.json").read_text())
+        results[name] = {"val_top1": best["top1"], "weights": best["weights"], "epoch": best["epoch"],
+                         "last_val_top1": e.get("val_top1"), "wall_s": wall, "img_per_s": e.get("img_per_s"),
+                         "submission": str(sub.relative_to(REPO)) if sub.is_relative_to(REPO) else str(sub)}
+        (out / "accuracy.json").write_text(json.dumps(results, indent=2))
+
+    if len(models) > 1:
+        ens_val = out / "ensemble_val.npz"
+        sh(fastvip("ensemble", *[out / "runs" / m / "predictions" / "val_probs.npz" for m in models],
+                   "--out", ens_val, "--submission", out / "ensemble_val.csv", "--quiet"), log)
+        labels = out / "val_labels.csv"
+        _labels_csv(packs["val"], labels)
+        top1 = _score(out / "ensemble_val.csv", labels)
+        sub = args.submissions / f"tiny_vipriors_ensemble{tag}.csv"
+        sh(fastvip("ensemble", *[out / "runs" / m / "predictions" / "test_probs.npz" for m in models],
+                   "--submission", sub, "--quiet"), log)
+        results["ensemble"] = {"val_top1": top1, "members": models, "submission": str(sub.relative_to(REPO))}
+
+    if args.baseline and models:
+        budget = results[models[0]]["wall_s"] / 60
+        bjson = out / "baseline.json"
+        if not bjson.exists():
+            sh([sys.executable, REPO / "benchmarks" / "baseline_torchvision.py", "--data", args.data,
+                "--minutes", f"{budget:.2f}", "--json", bjson,
+                "--submission", args.submissions / f"tiny_vipriors_baseline_torchvision{tag}.csv"], log)
+        results["baseline_torchvision"] = json.loads(bjson.read_text())
+    (out / "accuracy.json").write_text(json.dumps(results, indent=2))
+    print("| model | val top-1 | wall (min) |\n|---|---|---|")
+    for name, r in results.items():
+        wall = r.get("wall_s")
+        print(f"| {name} | {r['val_top1']:.2f} % | {wall / 60:.1f} |" if wall else f"| {name} | {r['val_top1']:.2f} % | - |")
+    return 0
+
+
+def _labels_csv(packed: Path, path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from fastvip.pack import open_packed
+    from fastvip.predict import write_submission
+    p = open_packed(packed)
+    write_submission(path, p.ids, [int(x) for x in p.labels])
+
+
+def _score(sub: Path, labels: Path) -> float:
+    sys.path.insert(0, str(REPO))
+    from fastvip.predict import score
+    return score(sub, labels)["top1"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""2021 Table 1: ResNet-50, simple regularisation."""
+import dataclasses
+from pathlib import Path
+
+from fastvip.recipe import load_recipe
+
+recipe = dataclasses.replace(
+    load_recipe(Path(__file__).with_name("table1_efficientnet_b2.py")),
+    model="resnet50",
+    description="",
+)

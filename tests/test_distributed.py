@@ -1,0 +1,107 @@
+"""DDP under torchrun, for real: 2 gloo processes on CPU against 1 process with the same global batch.
+
+The model is timm's ``test_convnext`` (LayerNorm, no BatchNorm): with BatchNorm each
+process would normalise over its own half-batch and the runs would legitimately differ.
+Without it, and without device augmentation (whose draws are keyed per process), the
+2-process gradient (DDP's mean of two half-batch means) equals the 1-process gradient
+of the same 16 images, so the weights agree up to float summation order.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from fastvip.console import Console
+from fastvip.recipe import Recipe
+from fastvip.train import run
+
+from conftest import REPO
+
+Q = Console(quiet=True)
+
+
+def _recipe(data, **kw) -> Recipe:
+    base = Recipe(model="test_convnext", train_data=str(data["train"]), val_data=str(data["val"]),
+                  image_size=32, epochs=2, batch_size=16, lr=0.2, warmup_epochs=0.5, weight_decay=1e-4,
+                  label_smoothing=0.1, crop_scale_min=0.3, workers=1, seed=3, device="cpu")
+    return dataclasses.replace(base, **kw).validate()
+
+
+def _torchrun(args, env, nproc=2, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
+    recipe = _recipe(colour_data)
+    run(recipe, tmp_path / "one", console=Q)
+    (tmp_path / "r.py").write_text(recipe.to_text())
+    two = tmp_path / "two"
+    # interrupted after epoch 1, then resumed, under torchrun both times; --nproc starts torchrun
+    p = subprocess.run([sys.executable, "-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two),
+                        "--nproc", "2", "--stop-after", "1", "--quiet"], cwd=REPO, env=cpu_env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = _torchrun(["-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two), "--resume", "--quiet"], cpu_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    one_lines, two_lines = _lines(tmp_path / "one"), _lines(two)
+    starts = [line for line in two_lines if line["event"] == "start"]
+    assert [s["world_size"] for s in starts] == [2, 2] and starts[1]["resumed_from_epoch"] == 1
+    epochs = [line for line in two_lines if line["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # one line per epoch: only process 0 writes
+    assert all(e["weights_in_sync"] for e in epochs)
+    assert all(e["val_n"] == 48 for e in epochs)  # every val sample counted once over both shards
+    one_epochs = [line for line in one_lines if line["event"] == "epoch"]
+    for a, b in zip(one_epochs, epochs):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
+        assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 48 + 1e-9  # at most one sample flips
+    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
+    w2 = torch.load(two / "last.pt", weights_only=False)["model"]
+    for k, v in w1.items():
+        torch.testing.assert_close(w2[k], v, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_gradient_accumulation_matches_one_big_batch(colour_data, tmp_path):
+    run(_recipe(colour_data, epochs=1), tmp_path / "a", console=Q)
+    run(_recipe(colour_data, epochs=1, grad_accum=2), tmp_path / "b", console=Q)
+    wa = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k, v in wa.items():
+        torch.testing.assert_close(wb[k], v, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_loader_shards_are_disjoint_and_cover_the_data(colour_data, tmp_path, cpu_env):
+    p = _torchrun([str(REPO / "tests" / "helpers" / "ddp_loader_probe.py"), str(colour_data["train"]),
+                   str(colour_data["val"]), str(tmp_path)], dict(cpu_env, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    from loaders import build_loader
+    for kind in ("ffcv", "dali"):
+        single = build_loader(kind, colour_data["train"], train=True, batch_size=16, image_size=16,
+                              device=torch.device("cpu"), seed=5, workers=1)
+        single.set_epoch(1)
+        whole = [(x.clone(), y.clone()) for x, y in single]
+        assert len(r0[f"{kind}_train"]) == len(r1[f"{kind}_train"]) == len(whole)
+        for (x0, y0), (x1, y1), (x, y) in zip(r0[f"{kind}_train"], r1[f"{kind}_train"], whole):
+            # process r holds its half of each global batch: together, exactly the 1-process batch
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+        for b0, b1 in zip(r0[f"{kind}_pk"], r1[f"{kind}_pk"]):
+            assert not set(b0.tolist()) & set(b1.tolist())  # whole classes per process
+        (v0, n0), (v1, n1) = r0[f"{kind}_val"], r1[f"{kind}_val"]
+        assert n0 + n1 == 48 and len(v0) + len(v1) == 48
+        assert torch.equal(torch.sort(torch.cat([v0, v1])).values, torch.arange(4).repeat_interleave(12))
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(colour_data, tmp_path):
+    import pytest
+    from fastvip.errors import FastvipError
+    with pytest.raises(FastvipError, match="sync_bn=true needs CUDA"):
+        run(_recipe(colour_data, sync_bn=True), tmp_path / "s", console=Q)

@@ -1,0 +1,81 @@
+"""The 2021 Attract-and-Repulse framework in the trainer: two views, SCE, Mean Teacher, CR, aux + fusion."""
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fastvip.console import Console
+from fastvip.ema import EMA
+from fastvip.predict import predict
+from fastvip.recipe import Recipe
+from fastvip.train import StepContext, prepare_batch, run
+
+Q = Console(quiet=True)
+
+
+def _recipe(data, **kw) -> Recipe:
+    base = Recipe(model="resnet18", train_data=str(data["train"]), val_data=str(data["val"]),
+                  image_size=32, epochs=1, batch_size=16, lr=0.01, lr_batch=16, warmup_epochs=0.5,
+                  weight_decay=1e-5, label_smoothing=0.1, crop_scale_min=0.3, workers=2, seed=3,
+                  optimizer="rmsproptf", momentum=0.9, drop_rate=0.3, random_erasing=0.25, mix_prob=1.0,
+                  mixup_alpha=0.5, cutmix_alpha=1.0, loss="sce", mt_weight=1.0, mt_rampup_epochs=0.5,
+                  ema_decay=0.9, views=2, cr_weight=0.1, aux_weight=0.4, fusion_weight=0.3)
+    return dataclasses.replace(base, **kw).validate()
+
+
+def test_full_framework_logs_every_term_and_predict_applies_fusion(colour_data, tmp_path):
+    recipe = _recipe(colour_data, epochs=2)
+    run(recipe, tmp_path / "r", console=Q)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["views"] == 2
+    epoch = lines[-1]
+    for term in ("loss_sce", "loss_mt", "loss_cr", "loss_aux"):
+        assert epoch[term] > 0, term
+    assert "loss_ce" not in epoch
+    total = sum(epoch[t] for t in ("loss_sce", "loss_mt", "loss_cr", "loss_aux"))
+    assert epoch["train_loss"] == pytest.approx(total, rel=1e-4)
+    assert {"val_top1", "val_top1_ema"} <= epoch.keys()  # student and teacher
+    best = json.loads((tmp_path / "r" / "best.json").read_text())
+    result = predict(tmp_path / "r", colour_data["val"], console=Q)
+    # predict loads the better of student / teacher and fuses the auxiliary head, as validation did
+    assert result["top1"] == pytest.approx(best["top1"], abs=1e-6)
+
+
+def test_two_views_get_the_same_mix_and_independent_augmentation(colour_data):
+    from loaders import build_loader
+    recipe = _recipe(colour_data, auto_augment="autoaugment")
+    loader = build_loader("ffcv", colour_data["train"], train=True, batch_size=16, image_size=32,
+                          device=torch.device("cpu"), seed=3, workers=1, views=2)
+    images, labels = next(iter(loader))
+    ctx = StepContext(recipe, torch.device("cpu"), None, 4)
+    for step in range(6):
+        x, targets, _ = prepare_batch(images.clone(), labels.clone(), ctx, step)
+        torch.testing.assert_close(targets[:16], targets[16:])  # identical soft labels per image pair
+        assert (x[:16] - x[16:]).abs().mean() > 0.1  # different pixels
+        again, t2, _ = prepare_batch(images.clone(), labels.clone(), ctx, step)
+        assert torch.equal(again, x) and torch.equal(t2, targets)  # keyed on (seed, step)
+
+
+def test_teacher_is_the_ema_formula():
+    torch.manual_seed(0)
+    student = torch.nn.Linear(3, 2)
+    teacher = EMA(student, decay=0.99, warmup=False)
+    before = copy.deepcopy(teacher.module.state_dict())
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update(student, step=100)
+    for k, v in teacher.module.state_dict().items():
+        torch.testing.assert_close(v, 0.99 * before[k] + 0.01 * student.state_dict()[k])
+    assert all(not p.requires_grad for p in teacher.module.parameters())
+    warm = EMA(student, decay=0.999)
+    assert warm.decay_at(0) == pytest.approx(1 / 10) and warm.decay_at(10**6) == 0.999
+
+
+def test_cr_needs_two_views():
+    from fastvip.errors import FastvipError
+    with pytest.raises(FastvipError, match="two-view"):
+        Recipe(cr_weight=0.1, views=1).validate()
+    with pytest.raises(FastvipError, match="fusion_weight needs the auxiliary head"):
+        Recipe(fusion_weight=0.3).validate()
