@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench_acc"))
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="recipe names under recipes/")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    ap.add_argument("--epochs", default="", metavar="NAME=N,...", help="per-recipe epochs (fits a CPU budget)")
     ap.add_argument("--submissions", type=Path, default=REPO / "benchmarks" / "submissions")
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--tag", default="", help="suffix of the submission file names")
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
         run_dir = out / "runs" / name
         recipe = REPO / "recipes" / f"{name}.py"
         sets = [f"train_data={packs['train']}", f"val_data={packs['val']}", *args.set]
+        epochs = dict(item.split("=") for item in args.epochs.split(",") if item)
+        if name in epochs:
+            sets.append(f"epochs={epochs[name]}")
         text = recipe.read_text()
         if "init_from=" in text:  # stage 2: the CE run of this benchmark
             base = text.split('init_recipe="recipes/')[1].split(".py")[0]
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
         probs = run_dir / "predictions" / "val_probs.npz"
         if not probs.exists():
             sh(fastvip("predict", run_dir, packs["val"], "--out", probs, "--quiet"), log)
-        sub = args.submissions / f"tiny_vipriors_{name}{tag}.csv"
+        sub = args.submissions / f"{name}{tag}.csv"
         if not sub.exists():
             sh(fastvip("predict", run_dir, packs["test"], "--out", run_dir / "predictions" / "test_probs.npz",
                        "--submission", sub, "--quiet"), log)

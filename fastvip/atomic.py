@@ -41,10 +41,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a committed file gets what a plain open() would give it
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """fsync ``tmp`` and rename it over ``target``."""
+    """fsync ``tmp`` and rename it over ``target`` (with the usual file permissions)."""
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, target)
     fsync_dir(Path(target).parent)
 

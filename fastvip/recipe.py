@@ -63,7 +63,7 @@ class Recipe:
     label_smoothing: float = 0.1        # label smoothing of the (mixed) targets
     sce_alpha: float = 1.0              # SCE: weight of the cross-entropy term (2021 report: 1, 1)
     sce_beta: float = 1.0               # SCE: weight of the reverse cross-entropy term
-    triplet_weight: float = 0.0         # batch-hard triplet loss on the embedding; 0 = off
+    triplet_weight: float = 0.0         # batch-hard triplet loss on the L2-normalized embedding; 0 = off
     triplet_margin: float = 0.3         # triplet margin; 0 = soft margin (softplus)
     arcface: bool = False               # ArcFace head (cosine classifier) instead of the linear one
     arcface_scale: float = 30.0         # ArcFace scale s

@@ -28,7 +28,8 @@ from fastvip.pack import open_packed
 
 from fastvip.augment import AUGMENTS
 
-from .keyed import crop_windows, epoch_key, eval_shard, flip_mask, process_batch, train_order, view_key
+from .keyed import (crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch, train_order,
+                    view_key)
 
 
 class BatchSource:
@@ -144,7 +145,7 @@ class DALILoader:
 
         augment = self.auto_augment != "none"
 
-        @pipeline_def(batch_size=self.batch_size * self.views, num_threads=self.workers or (os.cpu_count() or 1),
+        @pipeline_def(batch_size=self.batch_size * self.views, num_threads=self.workers or default_workers(),
                       device_id=(self.device.index or 0) if cuda else None, seed=dali_seed,
                       py_num_workers=max(1, self.source_workers), py_start_method="spawn",
                       enable_conditionals=augment)

@@ -34,8 +34,8 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 
-from .keyed import (DRAW_FLIP, crop_window, epoch_key, eval_shard, process_batch, train_order, uniform,
-                    view_key)
+from .keyed import (DRAW_FLIP, crop_window, default_workers, epoch_key, eval_shard, process_batch, train_order,
+                    uniform, view_key)
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
@@ -263,7 +263,7 @@ class FFCVLoader:
             raise FastvipError(f"P x K batches need labels; {path} is unlabelled")
         self._order = _Order(train, seed, local, self.world, self.rank, self.packed.labels, pk)
         self._loader = _FFCVLoader(
-            os.fspath(path), batch_size=local, num_workers=workers or (os.cpu_count() or 1),
+            os.fspath(path), batch_size=local, num_workers=workers or default_workers(),
             # The process cache with a random order reads whole pages; the OS cache is
             # better whenever the file fits in RAM (and is shared between processes).
             os_cache=self.os_cache, order=self._order, drop_last=train, pipelines=pipelines,

@@ -172,6 +172,14 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def default_workers() -> int:
+    """Decode threads when the recipe says 0: this machine's cores shared by the processes
+    torchrun started on it (``LOCAL_WORLD_SIZE``), so 8 processes do not each take all."""
+    import os
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
 def process_batch(batch_size: int, train: bool, pk: int = 0) -> tuple[int, int, int]:
     """(rank, world, this process's batch): a global train batch is split evenly over the
     processes (eval batches are per process); one-line errors when it cannot be."""

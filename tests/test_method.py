@@ -122,3 +122,16 @@ def test_attract_repulse_recipes_follow_the_report():
     assert ft.image_size == 448 and ft.epochs < 50 and ft.init_from == "runs/efficientnet_b7"
     for name in ("table1_resnet50", "table1_resnext101_32x4d", "table1_swin", "table1_efficientnet_b4"):
         assert r[name].auto_augment == "none" and r[name].mix_prob == 0 and r[name].drop_rate == 0.3
+
+
+def test_triplet_term_cannot_be_lowered_by_shrinking_the_embedding():
+    from fastvip.objective import loss_terms
+    torch.manual_seed(0)
+    recipe = Recipe(triplet_weight=1.0, triplet_margin=0.3)
+    emb = torch.randn(8, 16)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    targets = torch.nn.functional.one_hot(labels, 4).float()
+    out = {"logits": torch.randn(8, 4), "embedding": emb}
+    big = loss_terms(recipe, out, targets, labels)["loss_triplet"]
+    small = loss_terms(recipe, dict(out, embedding=emb * 1e-3), targets, labels)["loss_triplet"]
+    torch.testing.assert_close(big, small)  # the collapse seen on raw features is not a way down
