@@ -8,6 +8,7 @@ step counter (:func:`fastvip.schedule.lr_at`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import time
@@ -158,11 +159,15 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
         sums: dict[str, torch.Tensor] = {}
         done, skipped, t0 = 0, 0, time.perf_counter()
         with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * images_per_step) as bar:
-            for micro in _groups(train_loader, recipe.grad_accum):
+            batches = iter(train_loader)
+            for _ in range(steps_per_epoch):
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                terms = train_step(forward, optimizer, scaler, micro, ctx, step,
+                # micro-batches are fetched one at a time: a loader may reuse a batch's buffer
+                # once the next one is fetched, so none is held across a fetch
+                micro = itertools.islice(batches, recipe.grad_accum)
+                terms = train_step(forward, optimizer, scaler, micro, ctx, step, n=recipe.grad_accum,
                                    mt_ramp=losses.rampup(step, rampup_steps))
                 step += 1
                 if terms is None:
@@ -182,6 +187,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                 if step % 10 == 0 or done == steps_per_epoch:
                     bar.advance((done + skipped) * images_per_step - bar.done, step=step,
                                 loss=f"{terms['train_loss'].item():.3f}", lr=f"{lr:.4g}")
+            for _ in batches:  # fewer than grad_accum left over: let the loader finish its epoch
+                pass
         train_time = time.perf_counter() - t0
         rates.append(done * images_per_step / train_time)
         if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -277,9 +284,9 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, 
     return x.contiguous(memory_format=fmt), targets, dominant_labels(mix, labels)
 
 
-def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step: int,
+def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step: int, n: int = 1,
                mt_ramp: float = 1.0) -> dict[str, torch.Tensor] | None:
-    """One optimiser step over ``grad_accum`` micro-batches of uint8 images.
+    """One optimiser step over ``n`` micro-batches of uint8 images (an iterable, consumed in order).
 
     Returns the (weighted) loss terms and ``train_loss``, averaged over the micro-batches,
     or None when a loss was NaN/inf: the step is then skipped on every process before any
@@ -287,7 +294,6 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     *gradients* overflow are GradScaler's business and are not counted here.
     """
     optimizer.zero_grad(set_to_none=True)
-    n = len(micro_batches)
     totals: dict[str, torch.Tensor] = {}
     for i, (images, labels) in enumerate(micro_batches):
         x, targets, dominant = prepare_batch(images, labels, ctx, step, i)
@@ -305,6 +311,8 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
             finite = torch.isfinite(loss.detach()).float().reshape(1)
             if distributed.all_reduce_sum(finite).item() < distributed_world():
                 optimizer.zero_grad(set_to_none=True)
+                for _ in micro_batches:  # the skipped step still uses up its micro-batches
+                    pass
                 return None
             scaler.scale(loss / n).backward()
         for name, value in [*terms.items(), ("train_loss", loss)]:
@@ -317,16 +325,6 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
 def distributed_world() -> int:
     import torch.distributed as dist
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _groups(loader, n: int):
-    """The loader's batches in lists of ``n`` (an incomplete last group is dropped)."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == n:
-            yield group
-            group = []
 
 
 def _weights_in_sync(model, device) -> bool:
