@@ -127,7 +127,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
     forward = torch.compile(wrapped) if recipe.compile else wrapped
-    ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), rank=ddp.rank,
+    ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), rank=ddp.rank, world=ddp.world,
                       teacher=ema.module if recipe.mt_weight > 0 else None,
                       no_sync=wrapped.no_sync if ddp.world > 1 else None)
 
@@ -252,6 +252,7 @@ class StepContext:
     num_classes: int
     augmented: bool = False            # the loader already applied auto_augment in its pipeline
     rank: int = 0
+    world: int = 1
     teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode
     no_sync: object = None             # DDP's no_sync, for all but the last micro-batch
     generator: torch.Generator | None = None
@@ -309,7 +310,7 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                                    mt_ramp=mt_ramp)
             loss = sum(terms.values())
             finite = torch.isfinite(loss.detach()).float().reshape(1)
-            if distributed.all_reduce_sum(finite).item() < distributed_world():
+            if distributed.all_reduce_sum(finite).item() < ctx.world:
                 optimizer.zero_grad(set_to_none=True)
                 for _ in micro_batches:  # the skipped step still uses up its micro-batches
                     pass
@@ -320,11 +321,6 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     scaler.step(optimizer)
     scaler.update()
     return totals
-
-
-def distributed_world() -> int:
-    import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _weights_in_sync(model, device) -> bool:
