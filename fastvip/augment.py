@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .recipe import AUGMENTS  # noqa: F401 - recipe auto_augment values, re-exported for the loaders
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)

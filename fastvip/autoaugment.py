@@ -15,6 +15,8 @@ import torchvision.transforms.functional as F
 import torchvision.transforms.v2.functional as F2
 from torchvision.transforms import InterpolationMode
 
+from .recipe import AUGMENTS
+
 __all__ = ["AUGMENT_KINDS", "POLICIES", "augment_batch", "auto_augment", "rand_augment", "random_erasing"]
 
 # torchvision 0.29 AutoAugmentPolicy.IMAGENET: ((op, probability, magnitude bin or None), ...) x 25
@@ -48,7 +50,7 @@ POLICIES: dict[str, tuple[tuple[tuple[str, float, int | None], tuple[str, float,
     ),
 }
 
-AUGMENT_KINDS = ("none", "autoaugment", "randaugment")
+AUGMENT_KINDS = AUGMENTS  # the recipe field's values
 
 # AutoAugment's op space in torchvision's dict order; RandAugment's adds Identity first and drops Invert
 _AA_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",

@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import FastvipError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-AUGMENTS = ("none", "autoaugment", "randaugment")  # also fastvip.augment.AUGMENTS
+AUGMENTS = ("none", "autoaugment", "randaugment")  # fastvip.autoaugment.augment_batch kinds
 LOSSES = ("ce", "sce")
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 

@@ -26,7 +26,7 @@ import torch
 from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 
-from fastvip.augment import AUGMENTS
+from fastvip.recipe import AUGMENTS
 
 from .keyed import (crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch, train_order,
                     view_key)
