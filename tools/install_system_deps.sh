@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# FFCV builds from source and links OpenCV and libjpeg-turbo found through pkg-config.
+# FFCV builds from source and links OpenCV and libjpeg-turbo found through pkg-config;
+# fastvip's own region decoder (loaders/_jpeg.c) links libjpeg(-turbo).
 # Install them with apt-get when missing and we are root; otherwise say exactly what to run.
 set -euo pipefail
-PKGS="pkg-config libopencv-dev libturbojpeg0-dev"
-if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists opencv4 libturbojpeg; then
+PKGS="pkg-config libopencv-dev libturbojpeg0-dev libjpeg-dev"
+if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists opencv4 libturbojpeg libjpeg; then
     exit 0
 fi
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

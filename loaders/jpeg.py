@@ -1,0 +1,65 @@
+"""ctypes binding of the region JPEG decoder (``loaders/_jpeg.c``), callable from numba.
+
+:func:`decode_region` decodes only a crop of a JPEG (libjpeg-turbo's ``jpeg_crop_scanline``
+and ``jpeg_skip_scanlines``; the entropy decoder stops after the crop's last row), at DCT
+scale ``num``/8. FFCV's ``imdecode`` decodes the whole image (its crop option goes through
+a lossless transform, measured slower than a whole decode; see benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import _jpeg
+
+_lib = ctypes.CDLL(_jpeg.__file__)
+_decode = _lib.fastvip_decode_region
+_decode.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64] + 5 * [ctypes.c_int64] \
+    + [ctypes.c_void_p]
+_decode.restype = ctypes.c_int
+
+ERRORS = {-1: "libjpeg could not decode the image", -2: "destination buffer too small", -3: "empty or bad crop"}
+
+
+def decode_region(source, dst, top, left, h, w, num, info):
+    """Decode rows [top, top+h) x columns [left, left+w) (full-resolution pixels) at scale num/8.
+
+    ``dst`` (uint8, C-contiguous) receives ``info[0]`` RGB rows of ``info[1]`` pixels; the crop's
+    columns start ``info[2]`` pixels into each row; ``info[3:5]`` = the scaled image's size.
+    ``info`` is an int64 array of 5. Returns 0, or a negative code (:data:`ERRORS`).
+    Plain numba-compatible code: FFCV compiles it into its decode loop.
+    """
+    return _decode(source.ctypes.data, source.size, dst.ctypes.data, dst.size, top, left, h, w, num,
+                   info.ctypes.data)
+
+
+def decode_crop(data: bytes | np.ndarray, top: int, left: int, h: int, w: int, num: int = 8) -> np.ndarray:
+    """Python convenience: the scaled crop as an (rows, cols, 3) uint8 array (for tests and tools)."""
+    src = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.ascontiguousarray(data)
+    # an upper bound on the scaled crop widened to whole iMCUs (at most 32 px each side at scale 8/8)
+    rows = (h * num + 7) // 8 + 1
+    cols = (w * num + 7) // 8 + 2 * 32
+    dst = np.empty(rows * cols * 3, np.uint8)
+    info = np.zeros(5, np.int64)
+    code = decode_region(src, dst, top, left, h, w, num, info)
+    if code:
+        raise ValueError(f"region decode failed: {ERRORS.get(code, code)}")
+    n, width, dx = int(info[0]), int(info[1]), int(info[2])
+    cw = min((left + w) * num + 7, int(info[4]) * 8) // 8 - (left * num) // 8
+    return dst[:n * width * 3].reshape(n, width, 3)[:, dx:dx + cw].copy()
+
+
+_resize = _lib.fastvip_resize
+_resize.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p] \
+    + 4 * [ctypes.c_int64]
+_resize.restype = ctypes.c_int
+
+
+def resize(source, top, bottom, left, right, dst, mirror):
+    """``dst[:] = source[top:bottom, left:right]`` resized with cv2.INTER_AREA's weights (within
+    one level), mirrored left-right when ``mirror``; ``source`` and ``dst`` are (h, w, 3) uint8
+    with C-contiguous rows. numba-compatible."""
+    stride = source.strides[0]
+    return _resize(source.ctypes.data + int(top * stride + left * 3), stride, bottom - top, right - left,
+                   dst.ctypes.data, dst.strides[0], dst.shape[0], dst.shape[1], mirror)
