@@ -11,7 +11,11 @@ import ctypes
 
 import numpy as np
 
-from . import _jpeg
+try:
+    from . import _jpeg
+except ImportError as e:  # a checkout used without `pip install -e .`, or libjpeg-dev was missing then
+    raise ImportError("fastvip's region JPEG decoder (loaders/_jpeg.c) is not built: run `pip install -e .` "
+                      "in the repository (it needs a C compiler and libjpeg-dev)") from e
 
 _lib = ctypes.CDLL(_jpeg.__file__)
 _decode = _lib.fastvip_decode_region

@@ -129,3 +129,15 @@ def test_ffcv_train_batches_equal_the_keyed_reference(tmp_path):
                 ref = ref[:, ::-1]
             assert np.abs(img.astype(int) - ref).max() <= 1, (epoch, label, num)
     assert {8, 4} <= scales_seen  # both the full-scale and a DCT-scaled region decode ran
+
+
+def test_an_unbuilt_extension_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['loaders._jpeg'] = None\n"  # as if `pip install -e .` never built it
+            "import torch\nfrom fastvip.errors import FastvipError\nfrom loaders import build_loader\n"
+            "try:\n    build_loader('ffcv', 'x.beton', train=True, batch_size=4, image_size=8, device=torch.device('cpu'))\n"
+            "except FastvipError as e:\n    print('ERROR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "ERROR loader 'ffcv' is not available" in out.stdout, out.stderr[-2000:]
+    assert "pip install -e ." in out.stdout and "libjpeg-dev" in out.stdout
