@@ -8,7 +8,6 @@ of the same 16 images, so the weights agree up to float summation order.
 """
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
