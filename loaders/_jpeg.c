@@ -111,32 +111,18 @@ done:
 
 #define WBITS 14 /* weights sum to 1 << WBITS */
 
-/* Per output pixel o: k taps starting at start[o], weights w[o * k + j] (fixed point).
- * Shrinking: OpenCV's INTER_AREA, the source area each output pixel covers. Growing:
- * OpenCV's INTER_AREA upscale rule (linear between the two nearest pixels, with the
- * fraction snapped to whole source pixels), so the output matches cv2.resize(INTER_AREA). */
+/* Per output pixel o (n_in >= n_out): k taps starting at start[o], weights w[o * k + j] in
+ * fixed point: OpenCV's INTER_AREA, the share of each source pixel in the area the output
+ * pixel covers. wf: k doubles of scratch. */
 static void taps(int64_t n_in, int64_t n_out, int32_t *start, int32_t *w, int64_t k, double *wf) {
     double scale = (double)n_in / (double)n_out;
     for (int64_t o = 0; o < n_out; o++) {
-        int64_t s0;
+        double a = o * scale, b = (o + 1) * scale;
+        int64_t s0 = (int64_t)a;
         for (int64_t j = 0; j < k; j++) wf[j] = 0.0;
-        if (n_in >= n_out) {
-            double a = o * scale, b = (o + 1) * scale;
-            s0 = (int64_t)a;
-            for (int64_t i = s0; i < n_in && i < b && i - s0 < k; i++) {
-                double lo = a > i ? a : (double)i, hi = b < i + 1 ? b : (double)(i + 1);
-                wf[i - s0] = (hi - lo) / scale;
-            }
-        } else {
-            s0 = (int64_t)floor(o * scale);
-            double f = (o + 1) - (s0 + 1) / scale;
-            f = f <= 0 ? 0.0 : f - floor(f);
-            wf[0] = 1.0 - f;
-            if (k > 1) wf[1] = f;
-            if (s0 + 1 >= n_in) { /* the last source pixel: no right neighbour */
-                wf[0] = 1.0;
-                if (k > 1) wf[1] = 0.0;
-            }
+        for (int64_t i = s0; i < n_in && i < b && i - s0 < k; i++) {
+            double lo = a > i ? a : (double)i, hi = b < i + 1 ? b : (double)(i + 1);
+            wf[i - s0] = (hi - lo) / scale;
         }
         if (s0 + k > n_in) { /* keep every tap inside the image: shift the window left */
             int64_t shift = s0 + k - n_in;
@@ -176,19 +162,19 @@ static inline __attribute__((always_inline)) void hpass(const uint16_t *restrict
 }
 
 static int64_t ntaps(int64_t n_in, int64_t n_out) {
-    return n_in >= n_out ? (n_in + n_out - 1) / n_out + 1 : 2;
+    return (n_in + n_out - 1) / n_out + 1;
 }
 
-/* Resize the (sh, sw) RGB image at src (rows src_stride bytes apart) to (dh, dw) at dst
- * (rows dst_stride bytes apart) with cv2.INTER_AREA's weights, mirrored left-right when
+/* Shrink the (sh, sw) RGB image at src (rows src_stride bytes apart) to (dh, dw) <= (sh, sw)
+ * at dst (rows dst_stride bytes apart) with cv2.INTER_AREA's weights, mirrored left-right when
  * mirror != 0. Separable, vertical pass first (vectorised over whole rows) in 32-bit fixed
  * point: within one level of cv2.resize(INTER_AREA). Returns 0, -2 when out of memory,
- * -3 on empty sizes. */
+ * -3 when an output side is empty or larger than the source's. */
 /* AVX2 clone picked at load time where the CPU has it (2x faster here: 32-bit multiplies) */
 __attribute__((target_clones("avx2", "default")))
 int fastvip_resize(const uint8_t *src, int64_t src_stride, int64_t sh, int64_t sw, uint8_t *dst,
                    int64_t dst_stride, int64_t dh, int64_t dw, int64_t mirror) {
-    if (sh < 1 || sw < 1 || dh < 1 || dw < 1) return -3;
+    if (dh < 1 || dw < 1 || sh < dh || sw < dw) return -3; /* growing: OpenCV's linear path is fast */
     int64_t ky = ntaps(sh, dh), kx = ntaps(sw, dw);
     if (ky > sh) ky = sh; /* a one-pixel source: one tap */
     if (kx > sw) kx = sw;

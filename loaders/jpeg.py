@@ -61,9 +61,10 @@ _resize.restype = ctypes.c_int
 
 
 def resize(source, top, bottom, left, right, dst, mirror):
-    """``dst[:] = source[top:bottom, left:right]`` resized with cv2.INTER_AREA's weights (within
+    """``dst[:] = source[top:bottom, left:right]`` shrunk with cv2.INTER_AREA's weights (within
     one level), mirrored left-right when ``mirror``; ``source`` and ``dst`` are (h, w, 3) uint8
-    with C-contiguous rows. numba-compatible."""
+    with C-contiguous rows. Shrinking only: returns -3 when ``dst`` is larger than the crop on
+    either side (OpenCV's linear path is fast there), else 0. numba-compatible."""
     stride = source.strides[0]
     return _resize(source.ctypes.data + int(top * stride + left * 3), stride, bottom - top, right - left,
                    dst.ctypes.data, dst.strides[0], dst.shape[0], dst.shape[1], mirror)

@@ -86,6 +86,8 @@ def test_shrinking_resize_matches_opencv_inter_area_and_mirrors():
         if (dh, dw) == (sh, sw):
             np.testing.assert_array_equal(ours, big[t:t + sh, l:l + sw])
         np.testing.assert_array_equal(mirrored, ours[:, ::-1])
+    grow = np.empty((30, 10, 3), np.uint8)
+    assert resize(_texture(rng, 20, 20), 0, 20, 0, 20, grow, False) == -3  # growing is OpenCV's job
 
 
 def test_ffcv_train_batches_equal_the_keyed_reference(tmp_path):
