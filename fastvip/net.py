@@ -85,7 +85,9 @@ class Net(nn.Module):
         """State-dict prefix of the backbone's own linear classifier."""
         return "backbone." + self.backbone.pretrained_cfg.get("classifier", "fc")
 
-    def forward(self, x: torch.Tensor):
+    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads' outputs (the dict above) in either mode. The Mean Teacher reads its
+        ``logits`` here: fusion is an inference-time combination, not a training target."""
         features = self.backbone.forward_features(x)
         embedding = self.backbone.forward_head(features, pre_logits=True)
         out = {"embedding": embedding}
@@ -97,6 +99,10 @@ class Net(nn.Module):
         if self.aux is not None:
             out["aux"] = self.aux(self._aux_fmap)
             self._aux_fmap = None
+        return out
+
+    def forward(self, x: torch.Tensor):
+        out = self.outputs(x)
         if self.training:
             return out
         logits = out["logits"].float()

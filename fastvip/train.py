@@ -304,8 +304,8 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                 out = forward(x)
                 teacher_logits = None
                 if ctx.teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = ctx.teacher(x)
+                    with torch.no_grad():  # its classifier's logits, never the fused eval output
+                        teacher_logits = ctx.teacher.outputs(x)["logits"]
                 terms = loss_terms(ctx.recipe, out, targets, dominant, teacher_logits=teacher_logits,
                                    mt_ramp=mt_ramp)
             loss = sum(terms.values())

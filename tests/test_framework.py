@@ -58,6 +58,39 @@ def test_two_views_get_the_same_mix_and_independent_augmentation(colour_data):
         assert torch.equal(again, x) and torch.equal(t2, targets)  # keyed on (seed, step)
 
 
+def test_fusion_is_inference_only_the_teacher_target_is_its_classifier():
+    """Table 3's "+ fusion" row changes inference, not training: the same weights and batch
+    give the same loss terms (Mean Teacher's included) with and without fusion, and the
+    teacher's target is its own classifier's softmax, not the fused output."""
+    from fastvip.model import build_model
+    from fastvip.train import train_step
+    rng = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=rng)
+    labels = torch.arange(8) % 4
+    results = {}
+    for fusion in (0.0, 0.3):
+        recipe = Recipe(model="resnet18", image_size=32, batch_size=8, loss="sce", mt_weight=1.0, aux_weight=0.4,
+                        fusion_weight=fusion, optimizer="sgd", seed=1).validate()
+        torch.manual_seed(0)
+        model = build_model(recipe, 4)
+        teacher = copy.deepcopy(model).eval()
+        with torch.no_grad():  # a teacher that differs from the student, so the KL term is not zero
+            for p in teacher.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        model.train()
+        ctx = StepContext(recipe, torch.device("cpu"), None, 4, teacher=teacher)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        results[fusion] = train_step(model, opt, scaler, [(images.clone(), labels.clone())], ctx, step=0)
+        if fusion:  # the fused eval output really differs from the classifier the target is taken from
+            fused = teacher(prepare_batch(images.clone(), labels.clone(), ctx, 0)[0])
+            plain = teacher.outputs(prepare_batch(images.clone(), labels.clone(), ctx, 0)[0])["logits"]
+            assert (fused.softmax(1) - plain.softmax(1)).abs().max() > 1e-3
+    assert results[0.0]["loss_mt"] > 0
+    for term in results[0.0]:
+        torch.testing.assert_close(results[0.3][term], results[0.0][term])
+
+
 def test_teacher_is_the_ema_formula():
     torch.manual_seed(0)
     student = torch.nn.Linear(3, 2)
