@@ -46,7 +46,7 @@ int fastvip_decode_region(const uint8_t *src, uint64_t src_len, uint8_t *dst, ui
                           int64_t *info) {
     struct jpeg_decompress_struct cinfo;
     struct error_mgr err;
-    int status = 0;
+    volatile int status = 0; /* volatile: set between setjmp and a possible longjmp */
 
     if (num < 1 || num > 8 || h < 1 || w < 1 || top < 0 || left < 0) return -3;
 
@@ -214,6 +214,6 @@ int fastvip_resize(const uint8_t *src, int64_t src_stride, int64_t sh, int64_t s
     return 0;
 }
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", NULL, -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_jpeg", .m_size = -1};
 
 PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
