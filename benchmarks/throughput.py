@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.console import Console  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
-from fastvip.model import amp_dtype, build_model, resolve_device  # noqa: E402
+from fastvip.model import amp_dtype, autocast, build_model, resolve_device, use_channels_last  # noqa: E402
+from fastvip.train import OPTIMIZER_IMPL_KWARGS, optimizer_impl  # noqa: E402
 
 
 # ------------------------------------------------------------------ data
@@ -119,24 +120,26 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_pass(loader, device, epoch: int, step=None) -> tuple[int, float]:
-    """Images and seconds for one full pass (``step`` consumes each batch: e2e mode)."""
-    loader.set_epoch(epoch)
+def time_pass(loader, device, epochs: range, step=None) -> tuple[int, float]:
+    """Images and seconds for one pass of ``epochs`` (``step`` consumes each batch: e2e mode)."""
     _sync(device)
     t0 = time.perf_counter()
     n = 0
-    for images, labels in loader:
-        if step is not None:
-            step(images, labels)
-        n += len(labels)
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        for images, labels in loader:
+            if step is not None:
+                step(images, labels)
+            n += len(labels)
     _sync(device)
     return n, time.perf_counter() - t0
 
 
-def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader") -> list[dict]:
-    """Warm-up pass each, then ``passes`` alternating passes (order reversed every other pass)."""
+def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader", pass_epochs: int = 1) -> list[dict]:
+    """Warm-up pass each, then ``passes`` alternating passes (order reversed every other pass),
+    each of ``pass_epochs`` epochs (a small file on a fast GPU needs several to time)."""
     for loader in loaders.values():
-        time_pass(loader, device, epoch=0, step=step)
+        time_pass(loader, device, range(1), step=step)
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
     images: dict[str, int] = {}
@@ -144,7 +147,7 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader") 
         names = list(loaders) if p % 2 == 0 else list(reversed(loaders))
         for name in names:
             psutil.cpu_percent(interval=None)
-            n, dt = time_pass(loaders[name], device, epoch=p + 1, step=step)
+            n, dt = time_pass(loaders[name], device, range(1 + p * pass_epochs, 1 + (p + 1) * pass_epochs), step=step)
             cpu[name].append(psutil.cpu_percent(interval=None))
             rates[name].append(n / dt)
             images[name] = n
@@ -154,45 +157,161 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader") 
 
 
 def training_step(recipe, device, num_classes: int):
-    """The exact step ``fastvip run`` takes, on a fresh model (returns a callable)."""
+    """The step ``fastvip run`` takes (augmentation, losses, EMA / Mean Teacher included),
+    on a fresh model; returns a callable ``step(images, labels)``."""
+    from fastvip.ema import EMA
     from fastvip.train import StepContext, _optimizer, train_step
     amp = amp_dtype(recipe.amp, device)
+    channels_last, _ = use_channels_last(recipe, device)
     model = build_model(recipe, num_classes).to(device)
-    if recipe.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = _optimizer(model, recipe)
+    optimizer = _optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
     forward = torch.compile(model) if recipe.compile else model
-    ctx = StepContext(recipe, device, amp, num_classes)
+    ctx = StepContext(recipe, device, amp, num_classes, channels_last=channels_last,
+                      teacher=ema.module if recipe.mt_weight > 0 else None)
     count = iter(range(1 << 62))
 
-    def step(images, labels):  # the recipe's augmentation and losses included
-        train_step(forward, optimizer, scaler, [(images, labels % num_classes)], ctx, next(count))
+    def step(images, labels):
+        n = next(count)
+        train_step(forward, optimizer, scaler, [(images, labels % num_classes)], ctx, n)
+        if ema is not None:
+            ema.update(model, n)
+    step.model = model  # for tests comparing the steps' weights
     return step
 
 
-def bench_model(recipe, device, num_classes: int, steps: int, warmup: int) -> dict:
-    step = training_step(recipe, device, num_classes)
+def timm_train_step(recipe, device, num_classes: int):
+    """The step of timm's ``train.py`` (``train_one_epoch``) at the recipe's model, batch,
+    resolution, precision, optimiser (and its kernels), memory format and compile setting:
+    its prefetcher's normalisation on the device, autocast forward + loss, ``loss.item()``
+    (train.py logs every step's loss when not distributed), zero_grad, backward (NativeScaler
+    for fp16), step, ModelEmaV3. Mixing happens in timm's collate on the CPU, so targets
+    come ready."""
+    import timm
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.utils import ModelEmaV3, NativeScaler
+    amp = amp_dtype(recipe.amp, device)
+    channels_last, _ = use_channels_last(recipe, device)
+    kwargs = {"drop_path_rate": recipe.drop_path_rate} if recipe.drop_path_rate else {}
+    model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, drop_rate=recipe.drop_rate,
+                              **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    name = {"sgd": "nesterov" if recipe.nesterov else "momentum"}.get(recipe.optimizer, recipe.optimizer)
+    # the same kernels as fastvip's step (train.py takes them through --opt-kwargs)
+    optimizer = create_optimizer_v2(model, opt=name, lr=recipe.scaled_lr(), weight_decay=recipe.weight_decay,
+                                    momentum=recipe.momentum,
+                                    **OPTIMIZER_IMPL_KWARGS.get(optimizer_impl(recipe, device), {}))
+    scaler = NativeScaler() if amp == torch.float16 else None
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.uses_ema else None
+    forward = torch.compile(model) if recipe.compile else model
+    mixing = recipe.mix_prob > 0
+    loss_fn = SoftTargetCrossEntropy() if mixing else \
+        LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else torch.nn.CrossEntropyLoss()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    count = iter(range(1 << 62))
+
+    def step(images, labels):
+        target = labels % num_classes
+        if mixing:
+            target = torch.nn.functional.one_hot(target, num_classes).float()
+        x = images.float().sub_(mean).div_(std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            loss = loss_fn(forward(x), target)
+        loss.item()
+        optimizer.zero_grad()
+        if scaler is not None:
+            scaler(loss, optimizer)
+        else:
+            loss.backward()
+            optimizer.step()
+        if ema is not None:
+            ema.update(model, step=next(count))
+    step.model = model
+    return step
+
+
+def plain(recipe):
+    """The recipe's model step alone: same model, batch, resolution, precision, optimiser,
+    memory format and compile setting, without fastvip's device augmentation, extra views,
+    heads or loss terms (timm's train.py does its augmentation on the CPU)."""
+    return dataclasses.replace(recipe, auto_augment="none", random_erasing=0.0, mix_prob=0.0, views=1, loss="ce",
+                               triplet_weight=0.0, arcface=False, cr_weight=0.0, mt_weight=0.0, aux_weight=0.0,
+                               fusion_weight=0.0, ema=False)
+
+
+def bench_steps(configs: dict, device, num_classes: int, steps: int, warmup: int, repeats: int = 3) -> list[dict]:
+    """Time training steps on one synthetic uint8 batch already on the device.
+
+    ``configs`` maps a row name to ``(make_step, recipe)``; all share the first recipe's batch
+    and resolution. Every step is built and warmed up first (``warmup`` steps: compile, cudnn
+    autotune), then ``repeats`` rounds time ``steps`` steps of each in turn, the order reversed
+    every other round, so drift (clocks, other load) falls on all of them alike.
+    """
+    first = next(iter(configs.values()))[1]
     gen = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randint(0, 256, (recipe.batch_size, 3, recipe.image_size, recipe.image_size),
+    images = torch.randint(0, 256, (first.batch_size, 3, first.image_size, first.image_size),
                            dtype=torch.uint8, generator=gen).to(device)
-    if recipe.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, num_classes, (recipe.batch_size,), generator=gen).to(device)
-    for _ in range(warmup):
-        step(images, labels)
-    rates = []
-    for _ in range(3):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
+    labels = torch.randint(0, num_classes, (first.batch_size,), generator=gen).to(device)
+    built = {name: make(recipe, device, num_classes) for name, (make, recipe) in configs.items()}
+    for step in built.values():
+        for _ in range(warmup):
             step(images, labels)
-        _sync(device)
-        rates.append(steps * recipe.batch_size / (time.perf_counter() - t0))
-    return {"loader": "synthetic", "mode": "model", "img_per_s": statistics.median(rates),
-            "img_per_s_min": min(rates), "img_per_s_max": max(rates), "passes": 3,
-            "n_images": steps * recipe.batch_size}
+    rates: dict[str, list[float]] = {name: [] for name in built}
+    for r in range(repeats):
+        for name in (list(built) if r % 2 == 0 else list(reversed(built))):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                built[name](images, labels)
+            _sync(device)
+            rates[name].append(steps * first.batch_size / (time.perf_counter() - t0))
+    return [dict({"loader": "synthetic", "mode": "model", "step": name, "img_per_s": statistics.median(r),
+                  "img_per_s_min": min(r), "img_per_s_max": max(r), "passes": repeats,
+                  "n_images": steps * first.batch_size}, **step_settings(configs[name][1], device))
+            for name, r in rates.items()]
+
+
+def step_settings(recipe, device) -> dict:
+    """What a model or e2e row was measured with, resolved for ``device``."""
+    amp = amp_dtype(recipe.amp, device)
+    return {"model": recipe.model, "amp": str(amp).replace("torch.", "") if amp else "off",
+            "channels_last": use_channels_last(recipe, device)[0], "compile": recipe.compile,
+            "optimizer": recipe.optimizer, "optimizer_impl": optimizer_impl(recipe, device)}
+
+
+def model_rows(recipe, device, num_classes: int, steps: int, warmup: int, vary: str | None = None) -> list[dict]:
+    """fastvip's step as the recipe trains, its plain model step when that differs, and timm's
+    train.py step at the plain settings; ``x_timm`` = plain fastvip / timm.
+
+    With ``vary="KEY=A,B"`` instead: the recipe's step once per value of that field, timed in
+    alternation (fused vs foreach, compile on/off, channels-last on/off in one run)."""
+    if vary:
+        key, _, values = vary.partition("=")
+        configs = {}
+        for v in filter(None, values.split(",")):
+            changed = dataclasses.replace(recipe, **recipe_mod.parse_overrides([f"{key}={v}"]))
+            configs[f"{key}={v}"] = (training_step, changed.validate())
+        if len(configs) < 2:
+            raise FastvipError(f"--vary expects KEY=A,B[,...] with at least two values, got {vary!r}")
+        return bench_steps(configs, device, num_classes, steps, warmup)
+    base = plain(recipe)
+    configs = {"fastvip": (training_step, recipe)}
+    if base != recipe:
+        configs["fastvip-plain"] = (training_step, base)
+    configs["timm-train.py"] = (timm_train_step, base)
+    rows = bench_steps(configs, device, num_classes, steps, warmup)
+    rows[-2]["x_timm"] = rows[-2]["img_per_s"] / rows[-1]["img_per_s"]
+    return rows
 
 
 # ------------------------------------------------------------------ main
@@ -213,7 +332,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="loader threads / processes")
     ap.add_argument("--passes", type=int, default=3, help="timed passes per loader (median reported)")
+    ap.add_argument("--pass-epochs", type=int, default=1, help="epochs of the file per timed pass")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per repeat in model mode")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first in model mode (compile, autotune)")
+    ap.add_argument("--vary", metavar="KEY=A,B", help="model mode: time the step once per value of this recipe "
+                    "field, in alternation (e.g. optimizer_impl=fused,foreach or compile=false,true)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="write the results here (a list of objects)")
     args = ap.parse_args(argv)
@@ -231,6 +354,8 @@ def main(argv=None) -> int:
 def run(args) -> list[dict]:
     if args.passes < 3:
         raise FastvipError("--passes must be >= 3 (a median of at least three)")
+    if args.pass_epochs < 1:
+        raise FastvipError("--pass-epochs must be >= 1")
     device = resolve_device(args.device)
     modes = [m for m in args.mode.split(",") if m]
     if set(modes) - {"loader", "model", "e2e"}:
@@ -254,23 +379,23 @@ def run(args) -> list[dict]:
         results = []
         if "loader" in modes:
             loaders = {n: make_loader(n, args, device, data, source) for n in names}
-            results += bench_loaders(loaders, device, args.passes)
+            results += bench_loaders(loaders, device, args.passes, pass_epochs=args.pass_epochs)
         num_classes = 1000
         if "model" in modes:
-            results.append(bench_model(recipe, device, num_classes, args.steps, warmup=5))
+            results += model_rows(recipe, device, num_classes, args.steps, warmup=args.warmup, vary=args.vary)
         if "e2e" in modes:
             for n in names:
                 loader = make_loader(n, args, device, data, source)
                 step = training_step(recipe, device, num_classes)
-                results += bench_loaders({n: loader}, device, args.passes, step=step, mode="e2e")
+                results += bench_loaders({n: loader}, device, args.passes, step=step, mode="e2e",
+                                         pass_epochs=args.pass_epochs)
         for r in results:
             r.update(common)
-            if r["mode"] != "loader":
-                r.update(model=recipe.model, amp=recipe.amp, channels_last=recipe.channels_last,
-                         compile=recipe.compile)
+            if r["mode"] == "e2e":
+                r.update(step_settings(recipe, device))
             if device.type == "cuda":
                 r["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        model_rate = next((r["img_per_s"] for r in results if r["mode"] == "model"), None)
+        model_rate = next((r["img_per_s"] for r in results if r.get("step") == "fastvip"), None)
         for r in results:
             if r["mode"] == "e2e" and model_rate:
                 r["e2e_over_model"] = r["img_per_s"] / model_rate
@@ -284,8 +409,8 @@ def run(args) -> list[dict]:
 def report(results: list[dict]) -> None:
     from rich.console import Console as RichConsole
     from rich.table import Table
-    cols = ["loader", "mode", "img_per_s", "spread", "x_baseline", "e2e_over_model", "cpu_util_percent",
-            "n_images", "batch_size", "res", "device", "peak_gpu_mem_mb"]
+    cols = ["loader", "mode", "step", "model", "img_per_s", "spread", "x_baseline", "e2e_over_model", "x_timm",
+            "cpu_util_percent", "n_images", "batch_size", "res", "device", "peak_gpu_mem_mb"]
     rows = [dict(r, spread=f"{r['img_per_s_min']:,.0f}-{r['img_per_s_max']:,.0f}") for r in results]
     cols = [c for c in cols if any(row.get(c) is not None for row in rows)]  # drop empty columns
     table = Table(title="throughput (median of passes)")
@@ -293,7 +418,8 @@ def report(results: list[dict]) -> None:
         table.add_column(c)
     for row in rows:
         table.add_row(*[_fmt(row.get(c)) for c in cols])
-    RichConsole(soft_wrap=True).print(table)
+    # a pipe or log file gets the whole table, not columns squeezed to 80 characters
+    RichConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240).print(table)
 
 
 def _fmt(v) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,36 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise FastvipError("amp=fp16 needs CUDA (GradScaler); use amp=bf16 or amp=off on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+MEMORY_FORMATS = Path(__file__).with_name("memory_formats.json")
+
+
+def measured_formats(path: Path = MEMORY_FORMATS) -> dict:
+    """``benchmarks/memory_format.py``'s table: device type -> {"models": {model: {...}}, ...}."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise FastvipError(f"{path} is unreadable ({e}); restore it from git or re-run "
+                           "benchmarks/memory_format.py") from None
+
+
+def use_channels_last(recipe: Recipe, device: torch.device, table: dict | None = None) -> tuple[bool, str]:
+    """Whether this run uses channels-last, and why (for the run log).
+
+    ``auto`` follows the measured table for this model on this device type; a model it has
+    not measured stays NCHW, since channels-last is a net loss for some (TResNet, ResNeSt).
+    """
+    if recipe.channels_last != "auto":
+        return recipe.channels_last == "on", f"recipe says {recipe.channels_last}"
+    table = measured_formats() if table is None else table
+    entry = table.get(device.type, {}).get("models", {}).get(recipe.model)
+    if entry is None:
+        return False, f"auto: {recipe.model} not measured on {device.type} (benchmarks/memory_format.py), NCHW"
+    ratio = entry["channels_last_img_per_s"] / entry["nchw_img_per_s"]
+    return bool(entry["channels_last"]), f"auto: measured {ratio:.2f}x NCHW's speed on {device.type}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -18,7 +18,7 @@ from .errors import FastvipError
 from .augment import normalize
 from .evaluate import logits_batches
 from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
-                    resolve_device)
+                    resolve_device, use_channels_last)
 from .recipe import from_dict
 from .tta import TTA_CHOICES, cut, default_scales, default_tencrop_size, plan
 
@@ -44,6 +44,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     recipe, classes = from_dict(ckpt["recipe"]), list(ckpt["classes"])
     device = resolve_device(recipe.device)
     amp = amp_dtype(recipe.amp, device)
+    channels_last, _ = use_channels_last(recipe, device)
     batch_size = batch_size or recipe.batch_size
     # resolved once: the views use these and the .npz records them
     scales = (scales or default_scales(recipe.image_size)) if tta == "multiscale" else None
@@ -64,7 +65,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     model = build_model(recipe, len(classes)).to(device)
     state, which = inference_weights(ckpt)
     model.load_state_dict(state)
-    if recipe.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     chunks = []
     t0 = time.perf_counter()
@@ -72,14 +73,15 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
         if tta in ("none", "flip"):
             flip = tta == "flip"
             for logits, _ in logits_batches(model, _flip_views(loader) if flip else loader, device, amp,
-                                            recipe.channels_last):
+                                            channels_last):
                 probs = logits.softmax(dim=1)
                 if flip:  # rows alternate image / mirrored image
                     probs = probs.view(-1, 2, probs.shape[1]).mean(dim=1)
                 chunks.append(probs.cpu())
                 bar.advance(len(probs))
         else:
-            for probs in _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size):
+            for probs in _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size,
+                                    channels_last):
                 chunks.append(probs.cpu())
                 bar.advance(len(probs))
     seconds = time.perf_counter() - t0
@@ -105,7 +107,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
 
 
 @torch.no_grad()
-def _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size):
+def _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_size, channels_last):
     """Mean probabilities over the views of ``tta``, one batch of whole images at a time."""
     model.eval()
     offset = 0
@@ -118,7 +120,7 @@ def _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_
         total = None
         for view in views:
             with autocast(device, amp):
-                logits = model(normalize(cut(images, view), channels_last=recipe.channels_last))
+                logits = model(normalize(cut(images, view), channels_last=channels_last))
             probs = logits.float().softmax(dim=1)
             total = probs if total is None else total + probs
         yield total / len(views)

@@ -22,6 +22,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AUGMENTS = ("none", "autoaugment", "randaugment")  # fastvip.autoaugment.augment_batch kinds
 LOSSES = ("ce", "sce")
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
+SWITCHES = ("auto", "on", "off")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Recipe:
     min_lr: float = 0.0                 # cosine floor
     # optimiser
     optimizer: str = "sgd"              # timm optimizer name: sgd (momentum), adamw, rmsproptf
+    optimizer_impl: str = "auto"        # auto (fused on CUDA where torch has it, else foreach), fused, foreach, loop
     momentum: float = 0.9               # SGD / RMSprop momentum
     nesterov: bool = False              # Nesterov momentum for sgd
     weight_decay: float = 1e-4          # not applied to norm layers and biases
@@ -84,7 +87,7 @@ class Recipe:
     max_nonfinite_steps: int = 20       # steps with a NaN/inf loss skipped before the run stops
     # speed
     amp: str = "auto"                   # auto (bf16 on CUDA, off on CPU), bf16, fp16, off
-    channels_last: bool = False         # channels-last memory format for model and inputs
+    channels_last: str = "auto"         # channels-last memory format: auto (as measured per model), on, off
     compile: bool = False               # torch.compile the model
     sync_bn: bool = False               # SyncBatchNorm across processes (CUDA, torchrun)
     grad_accum: int = 1                 # micro-batches per optimiser step (batch_size is per step)
@@ -96,6 +99,18 @@ class Recipe:
     seed: int = 0                       # weights init, order, crops and flips
     out: str = ""                       # run directory; empty = runs/<recipe file name>
     description: str = ""               # one line for `fastvip recipes` (default: the docstring)
+
+    def __post_init__(self):
+        # the on/off switch also takes booleans (Python recipes, checkpoints of older versions)
+        # and their spellings (--set channels_last=true)
+        value = self.channels_last
+        if isinstance(value, str) and value not in SWITCHES:
+            try:
+                value = _parse_bool(value)
+            except ValueError:
+                pass  # validate() names the choices
+        if isinstance(value, bool):
+            object.__setattr__(self, "channels_last", "on" if value else "off")
 
     @property
     def train_files(self) -> list[str]:
@@ -127,6 +142,10 @@ class Recipe:
             (self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0"),
             (self.amp in AMP_CHOICES, f"amp must be one of {', '.join(AMP_CHOICES)}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.optimizer_impl in OPTIMIZER_IMPLS, f"optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}"),
+            (self.optimizer_impl != "fused" or self.optimizer in ("sgd", "adamw"),
+             f"optimizer_impl=fused: torch has no fused {self.optimizer}; use foreach"),
+            (self.channels_last in SWITCHES, f"channels_last must be one of {', '.join(SWITCHES)}"),
             (self.device in ("auto", "cuda", "cpu"), "device must be auto, cuda or cpu"),
             (bool(self.model), "model is empty"),
             (self.auto_augment in AUGMENTS, f"auto_augment must be one of {', '.join(AUGMENTS)}"),

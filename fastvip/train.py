@@ -39,6 +39,7 @@ from .model import (
     load_checkpoint,
     resolve_device,
     save_checkpoint,
+    use_channels_last,
 )
 from .net import adapt_init_weights
 from .pack import merge, merged_path
@@ -69,6 +70,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     if recipe.sync_bn and device.type != "cuda":
         raise FastvipError("sync_bn=true needs CUDA devices (NCCL); on CPU set sync_bn=false")
     amp = amp_dtype(recipe.amp, device)
+    channels_last, channels_last_why = use_channels_last(recipe, device)
     ckpt = _open_run_dir(run_dir, recipe, resume, console, write=ddp.main)
     distributed.barrier()
 
@@ -104,13 +106,13 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                                f"{recipe.val_data} has {len(val_loader.classes)}")
 
     model = build_model(recipe, len(classes)).to(device)
-    if recipe.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.init_from and ckpt is None:
         _init_weights(model, recipe, console)
     if recipe.sync_bn and ddp.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = _optimizer(model, recipe)
+    optimizer = _optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
     step, start_epoch, best = 0, 0, {"top1": None, "epoch": None, "weights": None}
@@ -127,7 +129,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
     forward = torch.compile(wrapped) if recipe.compile else wrapped
-    ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), rank=ddp.rank, world=ddp.world,
+    ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), channels_last,
+                      rank=ddp.rank, world=ddp.world,
                       teacher=ema.module if recipe.mt_weight > 0 else None,
                       no_sync=wrapped.no_sync if ddp.world > 1 else None)
 
@@ -144,11 +147,14 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             "num_val": val_loader.packed.num_samples if val_loader else 0, "batch_size": recipe.batch_size,
             "grad_accum": recipe.grad_accum, "views": recipe.views,
             "peak_lr": peak_lr, "amp": str(amp).replace("torch.", "") if amp else "off",
+            "channels_last": channels_last, "optimizer_impl": optimizer_impl(recipe, device),
             "os_cache": getattr(train_loader, "os_cache", None)})
     console.log(f"run: {recipe.model} on {device}" + (f" x {ddp.world} processes" if ddp.world > 1 else "")
                 + f", {train_loader.num_samples * ddp.world} train images, {len(classes)} classes, "
                 f"{steps_per_epoch} steps/epoch, loader {recipe.loader}"
                 + (f", resumed after epoch {start_epoch}" if ckpt else ""))
+    console.log(f"run: channels-last {'on' if channels_last else 'off'} ({channels_last_why}), "
+                f"optimizer {recipe.optimizer} ({optimizer_impl(recipe, device)})")
 
     t_run = time.perf_counter()
     rates, nonfinite = [], 0
@@ -203,10 +209,10 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                 raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
         scores = {}
         if val_loader is not None:
-            scores["raw"] = evaluate(model, val_loader, device, amp, recipe.channels_last)
+            scores["raw"] = evaluate(model, val_loader, device, amp, channels_last)
             line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
             if ema is not None:
-                scores["ema"] = evaluate(ema.module, val_loader, device, amp, recipe.channels_last)
+                scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
                 line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
         line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0)
 
@@ -251,6 +257,7 @@ class StepContext:
     amp: torch.dtype | None
     num_classes: int
     augmented: bool = False            # the loader already applied auto_augment in its pipeline
+    channels_last: bool = False        # resolved from recipe.channels_last (fastvip.model.use_channels_last)
     rank: int = 0
     world: int = 1
     teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode
@@ -273,7 +280,7 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, 
     ctx.generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1)))
     if r.auto_augment != "none" and not ctx.augmented:
         images = augment_batch(images, ctx.generator, r.auto_augment)
-    x = normalize(images, channels_last=r.channels_last)
+    x = normalize(images, channels_last=ctx.channels_last)
     if r.random_erasing > 0:
         x = random_erasing(x, ctx.generator, p=r.random_erasing)
     targets = losses.smooth_targets(labels, ctx.num_classes, r.label_smoothing)
@@ -281,7 +288,7 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, 
                    prob=r.mix_prob, cutmix_alpha=r.cutmix_alpha, mixup_alpha=r.mixup_alpha,
                    switch_prob=r.mix_switch_prob, generator=ctx.generator, device=x.device)
     x, targets = apply_mix(mix, x, targets)
-    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt), targets, dominant_labels(mix, labels)
 
 
@@ -388,11 +395,25 @@ def _last_good(run_dir: Path) -> str:
     return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
 
 
-def _optimizer(model, recipe: Recipe):
+OPTIMIZER_IMPL_KWARGS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
+def optimizer_impl(recipe: Recipe, device: torch.device) -> str:
+    """``optimizer_impl`` resolved: ``auto`` is fused where torch has a fused kernel for the
+    optimiser (SGD, AdamW; one kernel for all parameters), else foreach (a few batched
+    kernels) on CUDA, and torch's own default on CPU."""
+    if recipe.optimizer_impl != "auto":
+        return recipe.optimizer_impl
+    if device.type != "cuda":
+        return "default"
+    return "fused" if recipe.optimizer in ("sgd", "adamw") else "foreach"
+
+
+def _optimizer(model, recipe: Recipe, device: torch.device):
     """timm's optimizer factory; weight decay skips norm layers and biases."""
     from timm.optim import create_optimizer_v2
     name = recipe.optimizer
-    kwargs = {}
+    kwargs = dict(OPTIMIZER_IMPL_KWARGS.get(optimizer_impl(recipe, device), {}))
     if name == "sgd":  # timm's "sgd" is Nesterov; "momentum" is plain momentum SGD
         name = "nesterov" if recipe.nesterov else "momentum"
         kwargs["momentum"] = recipe.momentum

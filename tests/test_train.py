@@ -30,6 +30,7 @@ def test_two_epochs_learn_the_easy_set(colour_data, tmp_path):
     assert start["event"] == "start" and start["loader"] == "ffcv" and start["world_size"] == 1
     assert start["device"] == "cpu" and start["model"] == "test_resnet"
     assert start["resumed_from_epoch"] is None
+    assert start["channels_last"] is False and start["optimizer_impl"] == "default"  # not measured; CPU
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
         assert {"train_loss", "loss_ce", "val_top1", "val_top1_ema", "lr", "img_per_s"} <= e.keys()
