@@ -17,8 +17,11 @@ def trained(colour_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pred") / "run"
     r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
                image_size=24, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5, crop_scale_min=0.3,
-               workers=2, ema=True, ema_decay=0.9)
+               workers=2, ema=True, ema_decay=0.9, channels_last="on")  # the channels-last path end to end
     run(r, run_dir, console=Q)
+    import json
+    start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["channels_last"] is True
     return run_dir
 
 
