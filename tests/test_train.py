@@ -130,3 +130,29 @@ def test_ema_tracks_with_warmup():
     ema.update(m, step=0)
     torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5)
     assert EMA(m, 0.999).decay_at(0) == pytest.approx(0.1)
+
+
+def test_compile_trains_like_eager(colour_data, tmp_path, monkeypatch):
+    """compile=true sends the model through torch.compile (dynamo + AOTAutograd here: the
+    inductor backend's C++ codegen costs a minute on two cores, and it is torch's part) and
+    trains the same as eager."""
+    import torch._dynamo
+    real_compile, calls = torch.compile, []
+
+    def compile_aot_eager(model, **kwargs):
+        calls.append(kwargs)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    losses = {}
+    for compiled in (False, True):
+        run(_recipe(colour_data, epochs=1, compile=compiled), tmp_path / str(compiled), console=Q)
+        line = _metrics(tmp_path / str(compiled))[1]
+        losses[compiled] = (line["train_loss"], line["val_top1"])
+        if not compiled:
+            assert not calls and not torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert len(calls) == 1 and torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)
+    assert losses[True][1] == losses[False][1]
