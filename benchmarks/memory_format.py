@@ -29,7 +29,7 @@ from throughput import REPO, bench_steps, plain, report, training_step  # noqa: 
 
 from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
-from fastvip.model import MEMORY_FORMATS, amp_dtype, measured_formats, resolve_device  # noqa: E402
+from fastvip.model import MEMORY_FORMATS, measured_formats, resolve_device  # noqa: E402
 
 
 def recipe_models(paths: list[str]) -> dict[str, recipe_mod.Recipe]:
@@ -62,13 +62,12 @@ def measure(recipe, device, steps: int, warmup: int, margin: float) -> tuple[dic
     """Both formats of one model's plain step, timed in alternation -> (table entry, result rows)."""
     configs = {f"channels_last={fmt}": (training_step, dataclasses.replace(plain(recipe), channels_last=fmt))
                for fmt in ("off", "on")}
-    rows = bench_steps(configs, device, 1000, steps, warmup)
+    rows = bench_steps(configs, device, 1000, steps, warmup)  # rows carry model, amp, compile
     for row in rows:
-        row.update(model=recipe.model, batch_size=recipe.batch_size, res=recipe.image_size, device=str(device))
+        row.update(batch_size=recipe.batch_size, res=recipe.image_size, device=str(device))
     nchw, cl = round(rows[0]["img_per_s"], 2), round(rows[1]["img_per_s"], 2)  # the choice follows the record
-    amp = amp_dtype(recipe.amp, device)
-    entry = {"res": recipe.image_size, "batch_size": recipe.batch_size,
-             "amp": str(amp).replace("torch.", "") if amp else "off", "compile": recipe.compile,
+    entry = {"res": recipe.image_size, "batch_size": recipe.batch_size, "amp": rows[0]["amp"],
+             "compile": rows[0]["compile"],
              "nchw_img_per_s": nchw, "channels_last_img_per_s": cl,
              "channels_last": cl > nchw * (1 + margin)}
     return entry, rows

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.console import Console  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
-from fastvip.model import amp_dtype, autocast, build_model, resolve_device, use_channels_last  # noqa: E402
+from fastvip.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from fastvip.model import amp_dtype, amp_name, autocast, build_model, resolve_device, use_channels_last  # noqa: E402
 from fastvip.train import OPTIMIZER_IMPL_KWARGS, optimizer_impl  # noqa: E402
 
 
@@ -214,8 +215,8 @@ def timm_train_step(recipe, device, num_classes: int):
     mixing = recipe.mix_prob > 0
     loss_fn = SoftTargetCrossEntropy() if mixing else \
         LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else torch.nn.CrossEntropyLoss()
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     count = iter(range(1 << 62))
 
     def step(images, labels):
@@ -283,8 +284,7 @@ def bench_steps(configs: dict, device, num_classes: int, steps: int, warmup: int
 
 def step_settings(recipe, device) -> dict:
     """What a model or e2e row was measured with, resolved for ``device``."""
-    amp = amp_dtype(recipe.amp, device)
-    return {"model": recipe.model, "amp": str(amp).replace("torch.", "") if amp else "off",
+    return {"model": recipe.model, "amp": amp_name(amp_dtype(recipe.amp, device)),
             "channels_last": use_channels_last(recipe, device)[0], "compile": recipe.compile,
             "optimizer": recipe.optimizer, "optimizer_impl": optimizer_impl(recipe, device)}
 

@@ -61,6 +61,11 @@ def use_channels_last(recipe: Recipe, device: torch.device, table: dict | None =
     return bool(entry["channels_last"]), f"auto: measured {ratio:.2f}x NCHW's speed on {device.type}"
 
 
+def amp_name(dtype: torch.dtype | None) -> str:
+    """``bfloat16`` / ``float16`` / ``off``: an autocast dtype as logs and benchmark rows record it."""
+    return str(dtype).replace("torch.", "") if dtype else "off"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

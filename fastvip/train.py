@@ -32,6 +32,7 @@ from .evaluate import evaluate
 from .mix import apply_mix, dominant_labels, draw_mix
 from .model import (
     amp_dtype,
+    amp_name,
     autocast,
     build_model,
     find_weights,
@@ -146,7 +147,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             "num_classes": len(classes), "num_train": train_loader.num_samples * ddp.world,
             "num_val": val_loader.packed.num_samples if val_loader else 0, "batch_size": recipe.batch_size,
             "grad_accum": recipe.grad_accum, "views": recipe.views,
-            "peak_lr": peak_lr, "amp": str(amp).replace("torch.", "") if amp else "off",
+            "peak_lr": peak_lr, "amp": amp_name(amp),
             "channels_last": channels_last, "optimizer_impl": optimizer_impl(recipe, device),
             "os_cache": getattr(train_loader, "os_cache", None)})
     console.log(f"run: {recipe.model} on {device}" + (f" x {ddp.world} processes" if ddp.world > 1 else "")
