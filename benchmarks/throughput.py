@@ -99,7 +99,7 @@ def ffcv_stock_loader(path: Path, batch_size: int, res: int, device, workers: in
 
 
 def make_loader(name: str, args, device, data: Path, source: Path | None):
-    from loaders import build_loader
+    from fastvip.loaders import build_loader
     if name == "torchvision":
         if source is None:
             raise FastvipError("--loader torchvision needs --source (the original JPEG folder)")
@@ -107,7 +107,7 @@ def make_loader(name: str, args, device, data: Path, source: Path | None):
     if name == "ffcv-stock":
         return ffcv_stock_loader(data, args.batch_size, args.res, device, args.workers)
     if name == "dali-parallel":  # the DALI source in worker processes instead of the calling thread
-        from loaders.dali import DALILoader
+        from fastvip.loaders.dali import DALILoader
         return DALILoader(data, train=True, batch_size=args.batch_size, image_size=args.res, device=device,
                           workers=args.workers, source_workers=args.workers)
     return build_loader(name, data, train=True, batch_size=args.batch_size, image_size=args.res,

@@ -8,9 +8,6 @@ from pathlib import Path
 
 from .errors import FastvipError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")
@@ -118,7 +115,8 @@ def cmd_show(args) -> int:
 
 def cmd_recipes(args) -> int:
     from .recipe import recipe_description
-    folder = Path(args.dir)
+    from .recipe import recipes_dir
+    folder = Path(args.dir) if args.dir else recipes_dir()
     files = sorted(folder.glob("*.py")) if folder.is_dir() else []
     files = [f for f in files if not f.name.startswith("_")]
     if not files:
@@ -258,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("recipes", formatter_class=fmt, help="list recipe files")
-    p.add_argument("--dir", default=os.fspath(RECIPES_DIR), help="folder of recipe files")
+    p.add_argument("--dir", default=None, help="folder of recipe files (default: the shipped recipes)")
     _common(p)
     p.set_defaults(func=cmd_recipes)
     return parser

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loaders import build_loader
+from fastvip.loaders import build_loader
 
 from . import atomic
 from .console import Console
@@ -50,7 +50,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     scales = (scales or default_scales(recipe.image_size)) if tta == "multiscale" else None
     tencrop_size = (tencrop_size or default_tencrop_size(recipe.image_size)) if tta == "tencrop" else None
     if tta in ("multiscale", "tencrop"):
-        from loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
+        from fastvip.loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
         loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=recipe.image_size,
                             device=device, workers=recipe.workers, canvas=True)
     else:

@@ -206,11 +206,27 @@ def field_help() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def recipes_dir() -> Path:
+    """The shipped recipes (``recipes/`` of a checkout, installed as ``fastvip.recipes``)."""
+    from importlib.resources import files
+    return Path(str(files("fastvip.recipes")))
+
+
+def find_recipe(path: str | Path) -> Path:
+    """``path`` itself, or else a shipped recipe of that name (``recipes/NAME.py``, ``NAME.py`` or ``NAME``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_absolute() and path.parent.name in ("", "recipes") and len(path.parts) <= 2:
+        shipped = recipes_dir() / (path.name if path.suffix == ".py" else f"{path.name}.py")
+        if shipped.is_file():
+            return shipped
+    raise FastvipError(f"recipe {path} does not exist (`fastvip recipes` lists the shipped ones)")
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Run a recipe file and return its ``recipe``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FastvipError(f"recipe {path} does not exist")
+    path = find_recipe(path)
     try:
         namespace = runpy.run_path(str(path), run_name=f"fastvip_recipe_{path.stem}")
     except FastvipError:

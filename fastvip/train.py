@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loaders import build_loader, in_pipeline
+from fastvip.loaders import build_loader, in_pipeline
 
 from . import atomic, distributed, losses
 from . import metrics as metrics_log

@@ -1,7 +1,7 @@
 """Test-time augmentation: every view cut on the device, in batches, from one decode per image.
 
 The loader delivers each image whole, in the corner of a zero canvas
-(``loaders.ffcv.CanvasDecoder``). A view is a crop box in image pixels plus an
+(``fastvip.loaders.ffcv.CanvasDecoder``). A view is a crop box in image pixels plus an
 output size and a mirror flag. :func:`plan` lists the views of a TTA mode, and
 :func:`cut` extracts one view for a whole batch with ``torchvision.ops.roi_align``.
 Its adaptive sampling averages several bilinear samples per output pixel, like an
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from loaders.keyed import epoch_key, random_resized_crop
+from fastvip.loaders.keyed import epoch_key, random_resized_crop
 
 TTA_CHOICES = ("none", "flip", "multiscale", "tencrop")
 MULTISCALE_FACTORS = (1.0, 320 / 224, 380 / 224, 448 / 224)

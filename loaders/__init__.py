@@ -17,7 +17,7 @@ in the step, or ``clone()`` what you keep longer.
 
 Every loader has ``__iter__``, ``__len__`` (batches per epoch) and
 ``set_epoch(epoch)``; randomness is keyed on (seed, epoch, sample index)
-(:mod:`loaders.keyed`), so an epoch's batches do not depend on history.
+(:mod:`fastvip.loaders.keyed`), so an epoch's batches do not depend on history.
 Train loaders shuffle and drop the last partial batch; eval loaders visit
 every sample exactly once, in file order.
 """
@@ -31,8 +31,8 @@ import torch
 # name -> "module:class"; imported on use so a missing optional backend (DALI)
 # only matters to the recipes that ask for it.
 LOADERS = {
-    "ffcv": "loaders.ffcv:FFCVLoader",
-    "dali": "loaders.dali:DALILoader",
+    "ffcv": "fastvip.loaders.ffcv:FFCVLoader",
+    "dali": "fastvip.loaders.dali:DALILoader",
 }
 
 

@@ -2,7 +2,7 @@
 
 The stored JPEG bytes enter the pipeline through ``fn.external_source`` together
 with each sample's crop window and mirror flag, computed by the same keyed
-functions as the FFCV loader (:mod:`loaders.keyed`). Both loaders therefore cut
+functions as the FFCV loader (:mod:`fastvip.loaders.keyed`). Both loaders therefore cut
 the same crops, and a resumed run sees the same data. DALI decodes only the
 window: ``fn.decoders.image_slice`` is nvJPEG's ROI decode on the GPU
 (``device="mixed"``) or libjpeg-turbo on the CPU (``device_id=None``). It then
@@ -80,7 +80,7 @@ class BatchSource:
 
 
 class DALILoader:
-    """The DALI path of the loader interface (see :mod:`loaders`)."""
+    """The DALI path of the loader interface (see :mod:`fastvip.loaders`)."""
 
     name = "dali"
     augments_in_pipeline = True  # AutoAugment / RandAugment are DALI's own, inside the pipeline

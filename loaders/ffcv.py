@@ -6,11 +6,11 @@ decode loop (a flip on the device cost 13% on CPU). Eval: centre crop
 of ``eval_crop`` x the shorter side resized to ``image_size`` (= resize the
 shorter side to ``image_size / eval_crop`` and centre-crop), every sample once.
 
-Crops and flips are keyed on (seed, epoch, sample index) (:mod:`loaders.keyed`)
+Crops and flips are keyed on (seed, epoch, sample index) (:mod:`fastvip.loaders.keyed`)
 instead of FFCV's unseeded numba RNG. The decoder gets the epoch's key once
 per batch through a numba ``objmode`` call, so the pipeline is compiled once
 and never recompiled per epoch. The sample order is fastvip's own
-(:func:`loaders.keyed.epoch_order`), not FFCV's quasi-random order.
+(:func:`fastvip.loaders.keyed.epoch_order`), not FFCV's quasi-random order.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
 
     Only the crop is decoded: rows above it are skipped without IDCT, the entropy decoder
     stops after its last row, and only its columns (widened to whole iMCUs) are
-    IDCT-transformed, upsampled and colour-converted (:mod:`loaders.jpeg`, libjpeg-turbo's
+    IDCT-transformed, upsampled and colour-converted (:mod:`fastvip.loaders.jpeg`, libjpeg-turbo's
     ``jpeg_skip_scanlines``/``jpeg_crop_scanline``; bit-identical to cropping a whole decode).
     The crop is decoded at the smallest DCT scale n/8 (n = 8, 4, 2, 1) at which it still
     covers the output, so a crop much larger than the output is never decoded at full size.
@@ -66,7 +66,7 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
     not used. See benchmarks/RESULTS.md.
 
     ``views > 1`` (two-view batches): the JPEG is decoded once and ``views`` crops with
-    independent keys (:func:`loaders.keyed.view_key`) are cut from it, stacked vertically.
+    independent keys (:func:`fastvip.loaders.keyed.view_key`) are cut from it, stacked vertically.
     """
 
     def __init__(self, output_size, train: bool, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -216,7 +216,7 @@ class CanvasDecoder(ResizedCropRGBImageDecoder):
 
 
 class _Order(TraversalOrder):
-    """fastvip's traversal order (:func:`loaders.keyed.train_order`): this rank's part of a seeded
+    """fastvip's traversal order (:func:`fastvip.loaders.keyed.train_order`): this rank's part of a seeded
     per-epoch permutation or of P x K batches (train), or this rank's eval shard in file order.
 
     FFCV instantiates orders with ``order(loader)``; this instance binds itself. FFCV's own
@@ -254,7 +254,7 @@ def _fits_in_ram(path) -> bool:
 
 
 class FFCVLoader:
-    """The FFCV path of the loader interface (see :mod:`loaders`)."""
+    """The FFCV path of the loader interface (see :mod:`fastvip.loaders`)."""
 
     name = "ffcv"
 

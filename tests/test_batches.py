@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastvip.errors import FastvipError
-from loaders import build_loader
-from loaders.keyed import pk_order, rank_slice, train_order
+from fastvip.loaders import build_loader
+from fastvip.loaders.keyed import pk_order, rank_slice, train_order
 
 CPU = torch.device("cpu")
 

@@ -82,7 +82,7 @@ def test_loader_shards_are_disjoint_and_cover_the_data(colour_data, tmp_path, cp
                    str(colour_data["val"]), str(tmp_path)], dict(cpu_env, PYTHONPATH=str(REPO)))
     assert p.returncode == 0, p.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    from loaders import build_loader
+    from fastvip.loaders import build_loader
     for kind in ("ffcv", "dali"):
         single = build_loader(kind, colour_data["train"], train=True, batch_size=16, image_size=16,
                               device=torch.device("cpu"), seed=5, workers=1)

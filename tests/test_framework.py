@@ -44,7 +44,7 @@ def test_full_framework_logs_every_term_and_predict_applies_fusion(colour_data, 
 
 
 def test_two_views_get_the_same_mix_and_independent_augmentation(colour_data):
-    from loaders import build_loader
+    from fastvip.loaders import build_loader
     recipe = _recipe(colour_data, auto_augment="autoaugment")
     loader = build_loader("ffcv", colour_data["train"], train=True, batch_size=16, image_size=32,
                           device=torch.device("cpu"), seed=3, workers=1, views=2)

@@ -8,9 +8,9 @@ import torch
 from ffcv.libffcv import imdecode, resize_crop
 from PIL import Image
 
-from loaders import build_loader
-from loaders.jpeg import decode_crop, resize
-from loaders.keyed import DRAW_FLIP, crop_window, epoch_key, uniform
+from fastvip.loaders import build_loader
+from fastvip.loaders.jpeg import decode_crop, resize
+from fastvip.loaders.keyed import DRAW_FLIP, crop_window, epoch_key, uniform
 
 
 def _texture(rng, h, w):
@@ -136,8 +136,8 @@ def test_ffcv_train_batches_equal_the_keyed_reference(tmp_path):
 def test_an_unbuilt_extension_is_a_one_line_error(tmp_path):
     import subprocess
     import sys
-    code = ("import sys; sys.modules['loaders._jpeg'] = None\n"  # as if `pip install -e .` never built it
-            "import torch\nfrom fastvip.errors import FastvipError\nfrom loaders import build_loader\n"
+    code = ("import sys; sys.modules['fastvip.loaders._jpeg'] = None\n"  # as if `pip install -e .` never built it
+            "import torch\nfrom fastvip.errors import FastvipError\nfrom fastvip.loaders import build_loader\n"
             "try:\n    build_loader('ffcv', 'x.beton', train=True, batch_size=4, image_size=8, device=torch.device('cpu'))\n"
             "except FastvipError as e:\n    print('ERROR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)

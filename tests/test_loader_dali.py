@@ -8,7 +8,7 @@ import torch
 from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
-from loaders import build_loader
+from fastvip.loaders import build_loader
 
 pytest.importorskip("nvidia.dali")
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def test_reproducible_and_resumable_order(colour_data):
 
 
 def test_parallel_source_workers_match_in_process(colour_data):
-    from loaders.dali import DALILoader
+    from fastvip.loaders.dali import DALILoader
     common = dict(train=False, batch_size=16, image_size=24, device=CPU, seed=7, workers=2)
     x1, y1, _ = _all(DALILoader(colour_data["val"], **common))
     x2, y2, _ = _all(DALILoader(colour_data["val"], source_workers=1, **common))
@@ -100,7 +100,7 @@ def test_auto_augment_is_per_epoch_reproducible(colour_data, kind):
     assert torch.equal(a, b)
     assert (a.float() - _all(plain)[0].float()).abs().mean().item() > 2.0
     # FFCV leaves AutoAugment to the trainer (batched on the device): no in-pipeline flag
-    from loaders import in_pipeline
+    from fastvip.loaders import in_pipeline
     assert in_pipeline(aa) and not in_pipeline(_loader("ffcv", colour_data["train"], True))
 
 

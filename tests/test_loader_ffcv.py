@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from loaders import build_loader
-from loaders.keyed import epoch_key, epoch_order, flip_mask, random_resized_crop, uniform
+from fastvip.loaders import build_loader
+from fastvip.loaders.keyed import epoch_key, epoch_order, flip_mask, random_resized_crop, uniform
 
 CPU = torch.device("cpu")
 

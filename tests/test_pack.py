@@ -164,7 +164,7 @@ def test_merge_train_and_val_for_training(colour_data, tmp_path):
     assert merge(files, console=quiet) == out and out.stat().st_mtime_ns == stamp  # reused
     # the merged file decodes to the same pixels as its sources (JPEG bytes copied, not re-encoded)
     import torch
-    from loaders import build_loader
+    from fastvip.loaders import build_loader
     kw = dict(train=False, batch_size=200, image_size=24, device=torch.device("cpu"), workers=1)
     a = next(iter(build_loader("ffcv", out, **kw)))[0].clone()
     b = torch.cat([next(iter(build_loader("ffcv", f, **kw)))[0].clone() for f in files])

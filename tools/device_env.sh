@@ -19,9 +19,11 @@ if ls /tmp/dali_parts/part_* >/dev/null 2>&1 && [ ! -e /tmp/dali_wheels/.done ];
     touch /tmp/dali_wheels/.done
 fi
 cp "$_kit"/loaders/_jpeg.*.so "$_root/loaders/"
+# the working tree runs uninstalled: give it the installed layout (loaders/ is fastvip.loaders)
+ln -sfn ../loaders "$_root/fastvip/loaders"
 export PYTHONPATH="/tmp/site:$_root${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$_kit/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 set +e
-python3 -c 'import ffcv, loaders.jpeg; print("device_env: ffcv", ffcv.__version__, "and the region decoder import")'
+python3 -c 'import ffcv, fastvip.loaders.jpeg; print("device_env: ffcv", ffcv.__version__, "and the region decoder import")'
 python3 -c 'import nvidia.dali as d; print("device_env: DALI", d.__version__)' 2>/dev/null ||
     echo "device_env: no DALI (stage its parts in /tmp/dali_parts first; see benchmarks/GPU_SESSION.md)"

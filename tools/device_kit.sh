@@ -30,7 +30,7 @@ cp tools/device_env.sh "$KIT.tmp/core/"
 # the region decoder, compiled for that Python: built as part of a fastvip wheel (pip brings
 # the build tools), of which only the extension travels (the device runs the working tree)
 "$PY" -m pip wheel -q --no-deps -w "$KIT.tmp/build" .
-unzip -q -j -d "$KIT.tmp/core/loaders" "$KIT.tmp"/build/fastvip-*.whl 'loaders/_jpeg.*.so'
+unzip -q -j -d "$KIT.tmp/core/loaders" "$KIT.tmp"/build/fastvip-*.whl 'fastvip/loaders/_jpeg.*.so'
 
 # shared libraries the two extensions need beyond glibc / libstdc++ (a CUDA image has those)
 mkdir -p "$KIT.tmp/unpacked" && (cd "$KIT.tmp/unpacked" && unzip -q ../core/wheels/ffcv-*.whl)

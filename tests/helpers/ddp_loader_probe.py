@@ -4,7 +4,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from loaders import build_loader
+from fastvip.loaders import build_loader
 
 train, val, out = sys.argv[1:4]
 dist.init_process_group("gloo")
