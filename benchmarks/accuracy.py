@@ -2,7 +2,8 @@
 
 Runs, through the real command line, end to end:
 
-1. ``fastvip pack`` of ``DATA/{train,val,test}`` (skipped when the packs exist);
+1. ``fastvip pack`` of ``DATA/{train,val,test}`` into ``OUT`` (skipped when the packs exist,
+   or given with ``--packs``);
 2. ``fastvip run`` of each recipe (``--models``; default: the CE proxy recipe, its
    triplet and ArcFace stage-2 runs, and the 2021 framework), validated on val;
 3. ``fastvip predict`` of val (probabilities) and test (a submission CSV);
@@ -14,7 +15,17 @@ Results go to ``OUT/accuracy.json`` and a markdown table on stdout; submissions 
 ``--submissions`` (default ``benchmarks/submissions``). Every run directory is kept
 under ``OUT/runs``, so an interrupted benchmark resumes where it stopped.
 
-    python benchmarks/accuracy.py --data ../shared/data/tiny-vipriors --out bench_acc
+The data is the tiny-vipriors proxy rebuilt from Tiny ImageNet (``tiny-imagenet-200``, the
+CS231n archive) by ``fastvip split``, packed where the proxy recipes look for it::
+
+    fastvip split tiny-imagenet-200 data/tiny-vipriors-src --per-class 50 --seed 0 \\
+        --test-labels data/tiny-vipriors-test-labels.csv
+    mkdir -p data/tiny-vipriors
+    for s in train val test; do fastvip pack data/tiny-vipriors-src/$s data/tiny-vipriors/$s.beton; done
+    python benchmarks/accuracy.py --data data/tiny-vipriors-src --packs data/tiny-vipriors --out bench_acc
+
+``DATA`` (the JPEG folders) is still read by the torchvision baseline. Score a test submission
+with ``fastvip score benchmarks/submissions/NAME.csv data/tiny-vipriors-test-labels.csv``.
 """
 from __future__ import annotations
 
@@ -51,7 +62,10 @@ def last_epoch(run_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tiny-vipriors")
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "tiny-vipriors-src",
+                    help="the split's JPEG folders DATA/{train,val,test} (default: data/tiny-vipriors-src)")
+    ap.add_argument("--packs", type=Path, default=None, metavar="DIR",
+                    help="use DIR/{train,val,test}.beton (e.g. data/tiny-vipriors) instead of packing DATA into OUT")
     ap.add_argument("--out", type=Path, default=Path("bench_acc"))
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="recipe names under recipes/")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
@@ -66,6 +80,11 @@ def main(argv=None) -> int:
     log = out / "log.txt"
     packs = {}
     for split in ("train", "val", "test"):
+        if args.packs is not None:  # resolved: the commands run from the repository root
+            packs[split] = args.packs.resolve() / f"{split}.beton"
+            if not packs[split].is_file():
+                sys.exit(f"--packs: no {packs[split]} (pack DATA/{split} there, or drop --packs)")
+            continue
         packs[split] = out / f"{split}.beton"
         if not packs[split].exists():
             sh(fastvip("pack", args.data / split, packs[split], "--quiet"), log)

@@ -1,7 +1,13 @@
 """Throughput of loaders, model steps and real training steps (images per second).
 
-    python benchmarks/throughput.py --source ../shared/data/imagenet-sample --loader ffcv,torchvision
-    python benchmarks/throughput.py --data train.beton --mode model,e2e --model tresnet_xl --res 224
+    python benchmarks/throughput.py --source data/imagenet-sample --loader ffcv,torchvision
+    python benchmarks/throughput.py --data data/tiny-vipriors/train.beton --mode model,e2e --model tresnet_xl --res 224
+
+``--source`` is any folder of ImageNet JPEGs at their original sizes, e.g. the first 1,000
+files of ImageNet-2012 val copied flat into ``data/imagenet-sample`` (flat files are dealt
+over ``--source-classes`` folders); it is packed with ``fastvip pack`` defaults when ``--data``
+is omitted. ``data/tiny-vipriors/train.beton`` is the proxy packed as in
+``benchmarks/accuracy.py``.
 
 Modes:
   loader  iterate the loader, including the move to the training device;

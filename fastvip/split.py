@@ -1,30 +1,42 @@
-"""``fastvip split``: the VIPriors image-classification layout from an ImageNet-2012 root.
+"""``fastvip split``: the VIPriors image-classification layout from ImageNet-2012 or Tiny ImageNet.
 
-Input ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (val already in
-class folders). Output, the layout of the challenge toolkit's ``generate_images.py``::
+Output, the layout of the challenge toolkit's ``generate_images.py``::
 
     OUT/train/<wnid>/<file>     OUT/val/<wnid>/<file>     OUT/test/imgs/img_<i>.JPEG
 
-Two ways to choose the images:
+The source layout is read from the tree (``detect_layout``):
 
-* ``pickles``: the toolkit's ``train.pickle``, ``val.pickle`` and ``test.pickle``.
-  The toolkit stores train/val as lists of ``(wnid, file name)`` pairs inside
-  ImageNet *train*, and test as an ordered list of paths inside ImageNet *val*
-  (``<wnid>/ILSVRC2012_val_*.JPEG``, or bare names for a flat val folder); the
-  test image at list position ``i`` becomes ``img_<i>.JPEG``, counting from 0 as
-  the toolkit does. Also accepted: ``{wnid: [file, ...]}`` dicts and lists of
-  relative paths (``train/<wnid>/<file>``, ``<wnid>/<file>`` or a bare file name;
-  a bare train name carries its class in its ``<wnid>_`` prefix, a bare val name is
-  looked up in ``ROOT/val``). A name that says where it lives wins over the default
-  folder: ``ILSVRC2012_val_*`` is in ImageNet val, ``<wnid>_*`` in ImageNet train.
-* random (no pickles): per class (sorted wnids) disjoint ``per_class`` draws for
-  train and val from ``ROOT/train/<wnid>`` and ``per_class`` test images from
-  ``ROOT/val/<wnid>``; the test images of all classes are shuffled together and
-  numbered from 0. Every draw is seeded by ``(seed, wnid)``, so a class's draw does
-  not depend on which other classes exist.
+* Tiny ImageNet (``tiny-imagenet-200``; it has ``val/val_annotations.txt`` and
+  ``train/<wnid>/images/``): the tiny-vipriors proxy. Per class (sorted wnids),
+  disjoint ``per_class`` draws for train and val from ``train/<wnid>/images``; test
+  is *all* of ``val/images``, numbered in the line order of ``val_annotations.txt``
+  (``img_<i>`` is the image on its ``i``-th entry, counting from 0; in the archive as
+  distributed that is ``val_<i>.JPEG``), its classes taken from that file. ``test/``
+  (unlabelled) and the box files are not read. The toolkit's pickles index
+  ImageNet-2012 files, so ``pickles`` is refused here.
+* ImageNet-2012: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (val
+  already in class folders), with two ways to choose the images:
+
+  * ``pickles``: the toolkit's ``train.pickle``, ``val.pickle`` and ``test.pickle``.
+    The toolkit stores train/val as lists of ``(wnid, file name)`` pairs inside
+    ImageNet *train*, and test as an ordered list of paths inside ImageNet *val*
+    (``<wnid>/ILSVRC2012_val_*.JPEG``, or bare names for a flat val folder); the
+    test image at list position ``i`` becomes ``img_<i>.JPEG``, counting from 0 as
+    the toolkit does. Also accepted: ``{wnid: [file, ...]}`` dicts and lists of
+    relative paths (``train/<wnid>/<file>``, ``<wnid>/<file>`` or a bare file name;
+    a bare train name carries its class in its ``<wnid>_`` prefix, a bare val name is
+    looked up in ``ROOT/val``). A name that says where it lives wins over the default
+    folder: ``ILSVRC2012_val_*`` is in ImageNet val, ``<wnid>_*`` in ImageNet train.
+  * random (no pickles): per class (sorted wnids) disjoint ``per_class`` draws for
+    train and val from ``ROOT/train/<wnid>`` and ``per_class`` test images from
+    ``ROOT/val/<wnid>``; the test images of all classes are shuffled together and
+    numbered from 0.
+
+Every random draw is seeded by ``(seed, wnid)``, so a class's draw does not depend on
+which other classes exist.
 
 Files are hard links to the originals when possible (no extra disk; editing an
-output file in place would edit the ImageNet original — fastvip only reads them),
+output file in place would edit the original — fastvip only reads them),
 otherwise copies. Test labels are never written beside the test images: only to
 ``test_labels``, a CSV in the submission format (``Image IDs,Predictions``, rows
 ``img_<i>.JPEG,<class index>`` in sorted-wnid order), which is exactly what
@@ -62,6 +74,11 @@ LABELS_HEADER = ("Image IDs", "Predictions")
 TEST_ID_START = 0  # the toolkit numbers the test images with enumerate(): img_0.JPEG, img_1.JPEG, ...
 _WNID_PREFIX = re.compile(r"^(n\d{8})_")
 _TEST_NAME = re.compile(r"^img_\d+\.[A-Za-z]+$")
+_INT = re.compile(r"^-?\d+$")
+IMAGENET, TINY = "imagenet", "tiny-imagenet"  # the source layouts, as split.json records them
+TINY_ANNOTATIONS = "val_annotations.txt"
+_EXPECTED = ("expected ImageNet-2012 (train/<wnid>/*.JPEG and val/<wnid>/*.JPEG) or Tiny ImageNet "
+             "(train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt)")
 # os.link failures that mean "this filesystem / these files cannot be hard-linked": copy instead
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
 
@@ -87,6 +104,7 @@ class Plan:
     val: list[Item]
     test: list[Item]
     missing: list[str] = field(default_factory=list)
+    listed_in: str = "the pickles"  # what named the missing files (for messages)
 
 
 # ---------------------------------------------------------------- public entry point
@@ -94,29 +112,36 @@ class Plan:
 def split(root, out, *, pickles=None, per_class: int = 50, seed: int = 0, test_labels=None,
           copy: bool = False, force: bool = False, allow_missing: bool = False,
           console: Console | None = None) -> dict:
-    """Build ``OUT/{train,val,test}`` from the ImageNet root ``root``; return a summary dict.
+    """Build ``OUT/{train,val,test}`` from an ImageNet-2012 or Tiny ImageNet ``root``; return a summary.
 
-    ``pickles``: folder with the toolkit's ``train/val/test.pickle`` (else a seeded random
-    subset of ``per_class`` images per class). ``test_labels``: CSV to write the true test
-    classes to (never beside the images). ``copy``: copy instead of hard-linking. ``force``:
-    replace the train/val/test folders of a previous split in ``out``. ``allow_missing``:
-    split without files a pickle lists but ``root`` lacks (default: an error).
+    ``pickles`` (ImageNet-2012 only): folder with the toolkit's ``train/val/test.pickle``
+    (else a seeded random subset of ``per_class`` images per class). ``test_labels``: CSV to
+    write the true test classes to (never beside the images). ``copy``: copy instead of
+    hard-linking. ``force``: replace the train/val/test folders of a previous split in
+    ``out``. ``allow_missing``: split without files a pickle or ``val_annotations.txt``
+    lists but ``root`` lacks (default: an error).
     """
     console = console or Console()
     t0 = time.perf_counter()
     root, out = Path(root), Path(out)
-    _check_root(root, need_val=True)
+    layout = detect_layout(root)
+    if pickles is not None and layout == TINY:
+        raise FastvipError(f"--pickles does not apply to the Tiny ImageNet tree {root}: the toolkit's pickles "
+                           "index ImageNet-2012 files; drop it (train/val are drawn with --per-class and "
+                           "--seed, test is all of Tiny ImageNet val)")
     _check_out(root, out, force)
     labels_path = _check_labels_path(out, test_labels)
 
     if pickles is not None:
         plan = _plan_from_pickles(root, Path(pickles), console)
+    elif layout == TINY:
+        plan = _plan_tiny(root, per_class, seed, console)
     else:
         plan = _plan_random(root, per_class, seed, console)
     if plan.missing:
         shown = "; ".join(plan.missing[:5])
         if not allow_missing:
-            raise FastvipError(f"{len(plan.missing)} files listed in the pickles are missing under {root} "
+            raise FastvipError(f"{len(plan.missing)} files listed in {plan.listed_in} are missing under {root} "
                                f"(first {min(5, len(plan.missing))}: {shown}); pass --allow-missing to "
                                "split without them")
         console.print(f"warning: {len(plan.missing)} listed files are missing under {root} and left out "
@@ -134,13 +159,17 @@ def split(root, out, *, pickles=None, per_class: int = 50, seed: int = 0, test_l
         raise
 
     summary = {
-        "root": os.fspath(root), "out": os.fspath(out), "mode": "pickles" if pickles is not None else "random",
+        "root": os.fspath(root), "out": os.fspath(out), "layout": layout,
+        "mode": "pickles" if pickles is not None else "random",
         "pickles": os.fspath(pickles) if pickles is not None else None,
         "per_class": per_class if pickles is None else None, "seed": seed if pickles is None else None,
         "classes": len(plan.classes), **verified,
         "linked": counts["linked"], "copied": counts["copied"],
         "missing": len(plan.missing), "missing_files": plan.missing[:20],
-        "test_id_start": TEST_ID_START, "test_labels": None,
+        "test_id_start": TEST_ID_START,
+        # how img_<i> numbers were given: test.pickle position, val_annotations.txt line order, or seeded shuffle
+        "test_order": "pickle" if pickles is not None else "val_annotations" if layout == TINY else "shuffled",
+        "test_labels": None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if labels_path is not None:
@@ -162,12 +191,23 @@ def write_test_labels(path, plan: Plan) -> None:
 
 # ---------------------------------------------------------------- checks
 
-def _check_root(root: Path, need_val: bool) -> None:
+def detect_layout(root: Path) -> str:
+    """``TINY`` for a tree with ``val/val_annotations.txt`` and ``train/<wnid>/images/``, else ``IMAGENET``."""
+    root = Path(root)
     if not root.is_dir():
-        raise FastvipError(f"ImageNet root {root} does not exist or is not a folder")
-    for sub in ("train", "val") if need_val else ("train",):
-        if not (root / sub).is_dir():
-            raise FastvipError(f"ImageNet root {root} has no {sub}/ folder (expected {sub}/<wnid>/*.JPEG)")
+        raise FastvipError(f"source root {root} does not exist or is not a folder")
+    annotations = (root / "val" / TINY_ANNOTATIONS).is_file()
+    class_images = (root / "train").is_dir() and any(
+        (root / "train" / w / "images").is_dir() for w in _class_dirs(root / "train"))
+    if annotations and class_images:
+        return TINY
+    if annotations or class_images:  # half a Tiny ImageNet tree (an unfinished unzip?) is not ImageNet either
+        lacks = "train/<wnid>/images/" if annotations else f"val/{TINY_ANNOTATIONS}"
+        raise FastvipError(f"{root} looks like an incomplete Tiny ImageNet tree (no {lacks}); {_EXPECTED}")
+    lacks = [f"{sub}/" for sub in ("train", "val") if not (root / sub).is_dir()]
+    if lacks:
+        raise FastvipError(f"{root} has no {' or '.join(lacks)} folder; {_EXPECTED}")
+    return IMAGENET
 
 
 def _within(a: Path, b: Path) -> bool:
@@ -180,7 +220,7 @@ def _check_out(root: Path, out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FastvipError(f"output {out} exists and is not a folder")
     if _within(out, root) or _within(root, out):
-        raise FastvipError(f"output {out} and ImageNet root {root} must not contain each other")
+        raise FastvipError(f"output {out} and source root {root} must not contain each other")
     if not out.exists():
         return
     entries = sorted(e.name for e in os.scandir(out) if not e.name.startswith(TMP_PREFIX))
@@ -260,9 +300,33 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _plan_random(root: Path, per_class: int, seed: int, console: Console) -> Plan:
+def _check_per_class(per_class: int) -> None:
     if per_class < 1:
         raise FastvipError(f"--per-class must be at least 1, got {per_class}")
+
+
+def _class_rng(seed: int, wnid: str) -> random.Random:
+    return random.Random(f"fastvip-split:{seed}:{wnid}")
+
+
+def _draw_train_val(rng: random.Random, folder: Path, wnid: str, files: list[str], per_class: int,
+                    origin: str) -> tuple[list[Item], list[Item]]:
+    """Disjoint train and val draws of ``per_class`` files each from ``folder`` (one class)."""
+    drawn = rng.sample(files, 2 * per_class)
+    def item(name: str, f: str) -> Item:
+        return Item(folder / f, wnid, f"{name}/{wnid}/{f}", f"{origin}/{f}")
+    return ([item("train", f) for f in sorted(drawn[:per_class])],
+            [item("val", f) for f in sorted(drawn[per_class:])])
+
+
+def _too_few(problems: list[str], classes: list[str], per_class: int, need: str) -> FastvipError:
+    return FastvipError(f"{len(problems)} of {len(classes)} classes have too few images for {per_class} per "
+                        f"class (need {need}): {', '.join(problems[:5])}{', ...' if len(problems) > 5 else ''}; "
+                        "lower --per-class or fix the root")
+
+
+def _plan_random(root: Path, per_class: int, seed: int, console: Console) -> Plan:
+    _check_per_class(per_class)
     classes = _class_dirs(root / "train")
     if not classes:
         raise FastvipError(f"{root / 'train'} has no class folders")
@@ -279,23 +343,103 @@ def _plan_random(root: Path, per_class: int, seed: int, console: Console) -> Pla
         if len(files) < 2 * per_class or len(val_files) < per_class:
             problems.append(f"{wnid} ({len(files)} train, {len(val_files)} val)")
             continue
-        rng = random.Random(f"fastvip-split:{seed}:{wnid}")
-        drawn = rng.sample(files, 2 * per_class)
-        train += [Item(root / "train" / wnid / f, wnid, f"train/{wnid}/{f}", f"train/{wnid}/{f}")
-                  for f in sorted(drawn[:per_class])]
-        val += [Item(root / "train" / wnid / f, wnid, f"val/{wnid}/{f}", f"train/{wnid}/{f}")
-                for f in sorted(drawn[per_class:])]
+        rng = _class_rng(seed, wnid)
+        t, v = _draw_train_val(rng, root / "train" / wnid, wnid, files, per_class, f"train/{wnid}")
+        train += t
+        val += v
         test += [Item(root / "val" / wnid / f, wnid, "", f"val/{wnid}/{f}")
                  for f in sorted(rng.sample(val_files, per_class))]
     if problems:
-        raise FastvipError(f"{len(problems)} of {len(classes)} classes have too few images for "
-                           f"{per_class} per class (need {2 * per_class} in train/<wnid>, {per_class} in "
-                           f"val/<wnid>): {', '.join(problems[:5])}{', ...' if len(problems) > 5 else ''}; "
-                           "lower --per-class or fix the root")
+        raise _too_few(problems, classes, per_class, f"{2 * per_class} in train/<wnid>, {per_class} in val/<wnid>")
     random.Random(f"fastvip-split:{seed}:test").shuffle(test)
     for i, item in enumerate(test, start=TEST_ID_START):
         item.dst = f"test/imgs/{image_id(i)}"
     return Plan(classes, train, val, test)
+
+
+# ---------------------------------------------------------------- Tiny ImageNet
+
+def _plan_tiny(root: Path, per_class: int, seed: int, console: Console) -> Plan:
+    """train/val: per-class draws from Tiny ImageNet train; test: all of its val, in annotation order."""
+    _check_per_class(per_class)
+    classes = _class_dirs(root / "train")
+    _check_wnids_file(root, classes)
+    plan = Plan(classes, [], [], [], listed_in=f"val/{TINY_ANNOTATIONS}")
+    _tiny_test(root, set(classes), plan)
+    console.log(f"split: Tiny ImageNet, drawing {per_class} train + {per_class} val images per class for "
+                f"{len(classes)} classes (seed {seed}); test: all {len(plan.test) + len(plan.missing):,} val images")
+    problems = []
+    for wnid in classes:
+        folder = root / "train" / wnid / "images"
+        if not folder.is_dir():
+            problems.append(f"{wnid} (no images/ folder)")
+            continue
+        files = _images(folder)
+        if len(files) < 2 * per_class:
+            problems.append(f"{wnid} ({len(files)} images)")
+            continue
+        t, v = _draw_train_val(_class_rng(seed, wnid), folder, wnid, files, per_class, f"train/{wnid}/images")
+        plan.train += t
+        plan.val += v
+    if problems:
+        raise _too_few(problems, classes, per_class, f"{2 * per_class} in train/<wnid>/images for disjoint train "
+                       "and val draws; Tiny ImageNet has 500")
+    return plan
+
+
+def _check_wnids_file(root: Path, classes: list[str]) -> None:
+    """``wnids.txt``, when there, must name exactly the train class folders (a partial unzip otherwise)."""
+    path = root / "wnids.txt"
+    if not path.is_file():
+        return
+    listed = {line.strip() for line in _read_text(path).splitlines() if line.strip()}
+    only_file, only_dirs = sorted(listed - set(classes)), sorted(set(classes) - listed)
+    if only_file or only_dirs:
+        parts = [f"{len(only_file)} without a train/ folder (first: {', '.join(only_file[:3])})" if only_file else "",
+                 f"{len(only_dirs)} train/ folders it does not list (first: {', '.join(only_dirs[:3])})"
+                 if only_dirs else ""]
+        raise FastvipError(f"{path} does not match {root / 'train'}: {'; '.join(p for p in parts if p)}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FastvipError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _tiny_test(root: Path, classes: set[str], plan: Plan) -> None:
+    """All of ``val/images`` as test, ``img_<i>`` = the ``i``-th entry of ``val_annotations.txt``."""
+    ann, images = root / "val" / TINY_ANNOTATIONS, root / "val" / "images"
+    if not images.is_dir():
+        raise FastvipError(f"{images} does not exist (Tiny ImageNet keeps its val images there)")
+    present = set(_images(images))
+    seen: dict[str, int] = {}
+    for n, line in enumerate(_read_text(ann).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 6 or not all(_INT.match(f) for f in fields[2:]) or "/" in fields[0] or "\\" in fields[0]:
+            raise FastvipError(f"{ann} line {n}: expected FILE, WNID and 4 box integers separated by tabs, "
+                               f"found {line.strip()!r:.80}")
+        name, wnid = fields[:2]
+        if name in seen:
+            raise FastvipError(f"{ann} lines {seen[name]} and {n} both annotate {name}")
+        if wnid not in classes:
+            raise FastvipError(f"{ann} line {n}: {name} has class {wnid}, which has no folder in "
+                               f"{root / 'train'}; class indices would not match")
+        i = len(seen) + TEST_ID_START  # a left-out (missing) image keeps its number free, as with pickles
+        seen[name] = n
+        if name not in present:
+            plan.missing.append(f"{ann.name} line {n}: val/images/{name}")
+            continue
+        plan.test.append(Item(images / name, wnid, f"test/imgs/{image_id(i)}", f"val/images/{name}"))
+    if not seen:
+        raise FastvipError(f"{ann} annotates no images")
+    unlabelled = sorted(present - seen.keys())
+    if unlabelled:  # test is all of val: an image without its class would be lost or unscorable
+        raise FastvipError(f"{len(unlabelled)} images in {images} have no line in {ann} "
+                           f"(first: {', '.join(unlabelled[:3])}); every test image needs its class")
 
 
 # ---------------------------------------------------------------- pickles
@@ -563,8 +707,12 @@ def _test_number(dst: str) -> int:
 
 
 def _print_summary(s: dict, console: Console) -> None:
+    mode = s["mode"] if s["mode"] == "pickles" else f"random, {s['per_class']} per class, seed {s['seed']}"
+    if s["layout"] == TINY:
+        mode += "; test: all of val, in val_annotations.txt order"
     rows = [("output", s["out"]),
-            ("mode", s["mode"] if s["mode"] == "pickles" else f"random, {s['per_class']} per class, seed {s['seed']}"),
+            ("source", "Tiny ImageNet" if s["layout"] == TINY else "ImageNet-2012"),
+            ("mode", mode),
             ("classes", str(s["classes"]))]
     rows += [(name, f"{s[name]['images']:,} images, {s[name]['classes']} classes") for name in SPLITS]
     rows += [("files", f"{s['linked']:,} hard-linked, {s['copied']:,} copied"),

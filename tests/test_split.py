@@ -1,8 +1,10 @@
-"""``fastvip split``: a fake ImageNet root made at test time, both selection modes, output safety."""
+"""``fastvip split``: fake ImageNet and Tiny ImageNet roots made at test time, both selection modes, output safety."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,7 @@ def test_random_split_counts_disjoint_and_seeded(imagenet, tmp_path):
         assert all(len(os.listdir(out / name / w)) == 4 for w in WNIDS)
         assert s[name] == {"classes": 6, "images": 24}
     assert s["test"] == {"classes": 6, "images": 24} and s["missing"] == 0
+    assert s["layout"] == "imagenet" and s["test_order"] == "shuffled"
     src = source_index(imagenet)
     train = {inode(p) for p in out.glob("train/*/*")}
     val = {inode(p) for p in out.glob("val/*/*")}
@@ -279,3 +282,161 @@ def test_val_names_resolve_into_imagenet_val_and_test_reuse_is_refused(imagenet,
     pk = _write_pickles(tmp_path / "pk2", train, val, [vfile.name])
     with pytest.raises(FastvipError, match="1 test.pickle images are also in train.pickle or val.pickle"):
         split(imagenet, tmp_path / "out2", pickles=pk, console=Q)
+
+
+# ---------------------------------------------------------------- Tiny ImageNet layout
+
+TINY_WNIDS = ["n01443537", "n02099601", "n09193705"]
+TINY_TRAIN, TINY_VAL = 8, 4
+# val_annotations.txt deliberately not in file-name order: the test numbering must follow the file
+TINY_ORDER = [7, 2, 11, 0, 5, 9, 1, 10, 3, 8, 6, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny-imagenet-200 tree: 3 classes x 8 train, 12 val, 2 unlabelled test images, text files."""
+    root = tmp_path_factory.mktemp("tiny") / "tiny-imagenet-200"
+    rng = np.random.default_rng(1)
+    img = lambda p: write_image(p, rng.integers(0, 255, (8, 8, 3)))
+    for w in TINY_WNIDS:
+        for j in range(TINY_TRAIN):
+            img(root / "train" / w / "images" / f"{w}_{j}.JPEG")
+        (root / "train" / w / f"{w}_boxes.txt").write_text(
+            "".join(f"{w}_{j}.JPEG\t0\t0\t7\t7\n" for j in range(TINY_TRAIN)))
+    for i in range(len(TINY_ORDER)):
+        img(root / "val" / "images" / f"val_{i}.JPEG")
+    (root / "val" / "val_annotations.txt").write_text(
+        "".join(f"val_{i}.JPEG\t{TINY_WNIDS[i % 3]}\t1\t2\t6\t7\n" for i in TINY_ORDER))
+    for i in range(2):
+        img(root / "test" / "images" / f"test_{i}.JPEG")
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(TINY_WNIDS)))  # not sorted, as shipped
+    (root / "words.txt").write_text("".join(f"{w}\tthing {k}\n" for k, w in enumerate(TINY_WNIDS)))
+    return root
+
+
+def clone(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, copy_function=os.link)
+    return dst
+
+
+def test_tiny_imagenet_is_detected_and_split_like_vipriors(tiny, tmp_path):
+    labels = tmp_path / "labels.csv"
+    out = tmp_path / "out"
+    s = split(tiny, out, per_class=3, seed=0, test_labels=labels, console=Q)
+    assert sorted(os.listdir(out)) == ["split.json", "test", "train", "val"]
+    assert s["layout"] == "tiny-imagenet" and s["mode"] == "random" and s["test_order"] == "val_annotations"
+    assert json.loads((out / "split.json").read_text())["layout"] == "tiny-imagenet"
+    for name in ("train", "val"):
+        assert sorted(os.listdir(out / name)) == TINY_WNIDS
+        assert all(len(os.listdir(out / name / w)) == 3 for w in TINY_WNIDS)
+        assert s[name] == {"classes": 3, "images": 9}
+    assert s["test"] == {"classes": 3, "images": 12} and s["missing"] == 0
+    # train and val: disjoint, from Tiny ImageNet train, in their own class
+    train_src = {inode(p): p.parts[-3] for p in tiny.glob("train/*/images/*.JPEG")}
+    picked = {name: [p for p in out.glob(f"{name}/*/*")] for name in ("train", "val")}
+    assert not {inode(p) for p in picked["train"]} & {inode(p) for p in picked["val"]}
+    assert all(train_src.get(inode(p)) == p.parent.name for ps in picked.values() for p in ps)
+    # test: every val image, img_<k> the k-th annotation line; Tiny ImageNet's own test/ never used
+    imgs = out / "test" / "imgs"
+    assert sorted(os.listdir(imgs)) == sorted(f"img_{k}.JPEG" for k in range(12))
+    for k, i in enumerate(TINY_ORDER):
+        assert (imgs / f"img_{k}.JPEG").samefile(tiny / "val" / "images" / f"val_{i}.JPEG")
+    unlabelled = {inode(p) for p in tiny.glob("test/images/*")}
+    assert not unlabelled & {inode(p) for p in out.rglob("*") if p.is_file()}
+    assert not list(out.rglob("*.txt"))
+    lines = labels.read_text().splitlines()
+    assert lines[0] == "Image IDs,Predictions"
+    assert lines[1:] == [f"img_{k}.JPEG,{i % 3}" for k, i in enumerate(TINY_ORDER)]  # val_i is class i % 3
+
+
+def test_tiny_imagenet_draws_are_seeded(tiny, tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        split(tiny, tmp_path / name, per_class=3, seed=seed, console=Q)
+        runs[name] = listing(tmp_path / name)
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+    test_part = lambda r: {k: v for k, v in r.items() if k.startswith("test/")}
+    assert test_part(runs["a"]) == test_part(runs["c"])  # test is all of val whatever the seed
+
+
+def test_tiny_imagenet_through_the_cli(tiny, tmp_path, capsys):
+    from fastvip.cli import main
+    labels = tmp_path / "labels.csv"
+    rc = main(["split", str(tiny), str(tmp_path / "out"), "--per-class", "3", "--seed", "2",
+               "--test-labels", str(labels), "--quiet"])
+    assert rc == 0 and len(labels.read_text().splitlines()) == 13
+    assert json.loads((tmp_path / "out" / "split.json").read_text())["seed"] == 2
+    capsys.readouterr()
+    (tmp_path / "pk").mkdir()
+    assert main(["split", str(tiny), str(tmp_path / "out2"), "--pickles", str(tmp_path / "pk")]) == 2
+    err = capsys.readouterr().err
+    assert "--pickles does not apply to the Tiny ImageNet tree" in err and err.count("\n") == 1
+    assert not (tmp_path / "out2").exists()
+
+
+def one_line_error(root, out, match, **kw) -> str:
+    with pytest.raises(FastvipError, match=match) as e:
+        split(root, out, console=Q, **kw)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
+    return str(e.value)
+
+
+def test_tiny_imagenet_too_few_images_per_class(tiny, tmp_path):
+    one_line_error(tiny, tmp_path / "out", r"3 of 3 classes have too few images for 5 per class "
+                   r"\(need 10 in train/<wnid>/images.*n01443537 \(8 images\)", per_class=5)
+    split(tiny, tmp_path / "ok", per_class=4, seed=0, console=Q)  # exactly all 8: still allowed
+
+
+def test_tiny_imagenet_annotation_problems_are_one_line_errors(tiny, tmp_path):
+    ann = lambda root: root / "val" / "val_annotations.txt"
+    rows = ann(tiny).read_text().splitlines()
+    # an image without its line: it would be an unlabelled test image
+    root = clone(tiny, tmp_path / "unlisted")
+    ann(root).unlink()
+    ann(root).write_text("\n".join(rows[:-1]) + "\n")
+    one_line_error(root, tmp_path / "out", r"1 images in .*val/images have no line in .*val_annotations\.txt "
+                   r"\(first: val_4\.JPEG\)", per_class=2)
+    # a malformed line, named by its number
+    for bad in ("val_0.JPEG n01443537", "val_0.JPEG\tn01443537\t1\t2\tx\t7", "a/val_0.JPEG\tn01443537\t1\t2\t6\t7"):
+        root = clone(tiny, tmp_path / f"bad{len(bad)}")
+        ann(root).unlink()
+        ann(root).write_text("\n".join(rows[:2] + [bad] + rows[3:]) + "\n")
+        one_line_error(root, tmp_path / "out", r"val_annotations\.txt line 3: expected FILE, WNID and 4 box "
+                       r"integers separated by tabs, found", per_class=2)
+    # a class with no train folder, and a file annotated twice
+    for bad, match in (("val_11.JPEG\tn99999999\t1\t2\t6\t7", r"line 3: val_11\.JPEG has class n99999999"),
+                       (rows[0], r"lines 1 and 3 both annotate val_7\.JPEG")):
+        root = clone(tiny, tmp_path / f"cls{len(bad)}")
+        ann(root).unlink()
+        ann(root).write_text("\n".join(rows[:2] + [bad] + rows[3:]) + "\n")
+        one_line_error(root, tmp_path / "out", match, per_class=2)
+
+
+def test_tiny_imagenet_missing_val_images_need_allow_missing(tiny, tmp_path):
+    root = clone(tiny, tmp_path / "root")
+    (root / "val" / "images" / "val_11.JPEG").unlink()  # the 3rd annotation line
+    one_line_error(root, tmp_path / "out", r"1 files listed in val/val_annotations\.txt are missing .*"
+                   r"line 3: val/images/val_11\.JPEG.*--allow-missing", per_class=2)
+    labels = tmp_path / "labels.csv"
+    s = split(root, tmp_path / "out", per_class=2, allow_missing=True, test_labels=labels, console=Q)
+    assert s["missing"] == 1 and s["test"]["images"] == 11
+    names = set(os.listdir(tmp_path / "out" / "test" / "imgs"))
+    assert "img_2.JPEG" not in names and "img_11.JPEG" in names  # the others keep their numbers
+    assert "img_2.JPEG" not in labels.read_text()
+
+
+def test_layout_detection_errors_name_both_layouts(tiny, tmp_path):
+    both = r"expected ImageNet-2012 \(train/<wnid>/\*\.JPEG .*\) or Tiny ImageNet \(train/<wnid>/images/"
+    (tmp_path / "empty").mkdir()
+    one_line_error(tmp_path / "empty", tmp_path / "out", r"has no train/ or val/ folder; " + both)
+    root = clone(tiny, tmp_path / "half")
+    (root / "val" / "val_annotations.txt").unlink()
+    one_line_error(root, tmp_path / "out", r"incomplete Tiny ImageNet tree \(no val/val_annotations\.txt\); " + both)
+    root = clone(tiny, tmp_path / "wnids")
+    (root / "wnids.txt").unlink()
+    (root / "wnids.txt").write_text("\n".join(TINY_WNIDS[:2]) + "\n")
+    one_line_error(root, tmp_path / "out", r"wnids\.txt does not match .*1 train/ folders it does not list "
+                   r"\(first: n09193705\)", per_class=2)
+    assert split_mod.detect_layout(tiny) == "tiny-imagenet"

@@ -10,10 +10,14 @@
 #   device_kit/dali_N/ DALI and its missing dependencies as wheels: one tar cut into parts of
 #                      at most 56 MiB (DALI=... picks another build, e.g. for CUDA 13)
 # benchmarks/GPU_SESSION.md says how to carry and install them.
+# SAMPLE_JPEG_DIR (default data/imagenet-sample): any folder of ImageNet JPEGs at their original
+# sizes, e.g. the first 1,000 files of ImageNet-2012 val (flat or in class folders) copied flat:
+#   mkdir -p data/imagenet-sample && find IMAGENET/val -name 'ILSVRC2012_val_*.JPEG' -printf '%f\t%p\n' |
+#       sort | head -n 1000 | cut -f2 | xargs -d '\n' cp -t data/imagenet-sample
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python3.12}
-SAMPLE=${2:-../shared/data/imagenet-sample}
+SAMPLE=${2:-data/imagenet-sample}
 KIT=device_kit
 PART=56m  # + the working tree (~3 MB) stays under the 64 MiB a call carries
 DEVICE_PY=${DEVICE_PY:-3.12}
