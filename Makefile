@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt tools/install_system_deps.sh
 	bash tools/install_system_deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
-	$(PIP) install -c constraints.txt -e '.[dali,test,demo]'
+	$(PIP) install -c constraints.txt -e '.[dali,test,demo,tensorboard]'
 	touch $(STAMP)
 
 demo: setup

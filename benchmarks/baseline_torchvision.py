@@ -6,8 +6,13 @@ SGD (momentum 0.9, Nesterov, weight decay 5e-4), one linear warm-up epoch then c
 cross-entropy with label smoothing 0.1, RandomResizedCrop + flip for training, resize + centre crop
 for evaluation, bf16 autocast and channels-last on a GPU.
 
-    python benchmarks/baseline_torchvision.py --data ../shared/data/tiny-vipriors --minutes 15 \\
+    python benchmarks/baseline_torchvision.py --data data/tiny-vipriors-src --minutes 15 \\
         --json baseline.json --submission baseline.csv
+
+``DATA`` is a ``fastvip split`` output; for the tiny-vipriors proxy, from Tiny ImageNet
+(``tiny-imagenet-200``): ``fastvip split tiny-imagenet-200 data/tiny-vipriors-src --per-class 50
+--seed 0 --test-labels data/tiny-vipriors-test-labels.csv`` (the labels file scores the
+submission: ``fastvip score baseline.csv data/tiny-vipriors-test-labels.csv``).
 
 ``--minutes M`` is a wall-time budget: the first epoch (training + validation) is timed and the run
 gets as many epochs as fit in M minutes; the warm-up takes exactly that first epoch, so the cosine
@@ -131,7 +136,7 @@ def main():
     warmup = steps if args.minutes or args.epochs >= 5 else max(1, steps * args.epochs // 5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps * plan["epochs"]))
 
-    history, train_images, train_s = [], 0, 0.0
+    history, ends, train_images, train_s = [], [], 0, 0.0
     t0 = time.perf_counter()
     epoch = 0
     while epoch < plan["epochs"]:
@@ -154,6 +159,7 @@ def main():
         pairs = list(predict(model, val_loader, device, amp, args.limit_batches))
         top1 = 100.0 * sum(int((p == y).sum()) for p, y in pairs) / max(1, sum(len(y) for _, y in pairs))
         history.append(top1)
+        ends.append(time.time())  # wall clock, for time-to-accuracy curves
         epoch += 1
         if args.minutes and epoch == 1:
             plan["epochs"] = max(1, int(args.minutes * 60 // (time.perf_counter() - t0)))
@@ -166,8 +172,8 @@ def main():
 
     result = {"model": args.model, "epochs": plan["epochs"], "minutes": args.minutes, "val_top1": history[-1],
               "wall_s": round(wall_s, 2), "img_per_s": round(train_images / train_s, 1),
-              "val_top1_per_epoch": history, "batch_size": args.batch_size, "lr": args.lr, "res": args.res,
-              "device": str(device), "threads": args.threads, "workers": args.workers,
+              "val_top1_per_epoch": history, "epoch_end_time": ends, "batch_size": args.batch_size, "lr": args.lr, "res": args.res,
+              "val_n": len(val_set), "device": str(device), "threads": args.threads, "workers": args.workers,
               "limit_batches": args.limit_batches}
     print(f"final val_top1 {history[-1]:.2f}% after {plan['epochs']} epochs, {wall_s:.0f} s, "
           f"{result['img_per_s']:,.0f} img/s training")

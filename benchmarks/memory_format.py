@@ -75,7 +75,8 @@ def measure(recipe, device, steps: int, warmup: int, margin: float) -> tuple[dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=sorted(glob.glob(str(REPO / "recipes" / "*.py"))),
+    ap.add_argument("--recipes", nargs="+",  # recipes/__init__.py is the package marker, not a recipe
+                    default=sorted(f for f in glob.glob(str(REPO / "recipes" / "*.py")) if not Path(f).name.startswith("_")),
                     help="recipe files whose models are measured (default: all of recipes/)")
     ap.add_argument("--models", help="comma list: only these models")
     ap.add_argument("--res", type=int, help="resolution for all models (default: each recipe's)")

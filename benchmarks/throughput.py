@@ -214,6 +214,7 @@ def timm_train_step(recipe, device, num_classes: int):
     # the same kernels as fastvip's step (train.py takes them through --opt-kwargs)
     optimizer = create_optimizer_v2(model, opt=name, lr=recipe.scaled_lr(), weight_decay=recipe.weight_decay,
                                     momentum=recipe.momentum,
+                                    **({"eps": recipe.opt_eps} if recipe.opt_eps is not None else {}),
                                     **OPTIMIZER_IMPL_KWARGS.get(optimizer_impl(recipe, device), {}))
     scaler = NativeScaler() if amp == torch.float16 else None
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.uses_ema else None

@@ -274,8 +274,11 @@ def _draw_erasing(n: int, height: int, width: int, generator: torch.Generator, p
 
 
 def random_erasing(x: torch.Tensor, generator: torch.Generator, p: float = 0.25, scale=(0.02, 1 / 3),
-                   ratio=(0.3, 3.3), mode: str = "pixel") -> torch.Tensor:
+                   ratio=(0.3, 1 / 0.3), mode: str = "pixel") -> torch.Tensor:
     """timm ``RandomErasing`` (one box per image) on a normalized float (N, C, H, W) batch, out of place.
+
+    ``scale`` and ``ratio`` are timm's (area 2-33 %, aspect 0.3 to 1/0.3); ``p`` has no timm
+    default to follow (its train.py uses 0, DeiT 0.25), callers pass the recipe's.
 
     ``mode``: "pixel" per-pixel N(0, 1) noise, "rand" one N(0, 1) colour per channel, "const" zeros.
     """

@@ -76,6 +76,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+    console = _console(args)
+    r = export(args.run, args.out, weights=args.weights, force=args.force, console=console)
+    console.print(f"wrote {r['out']}")
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     from .predict import ensemble
     weights = None
@@ -194,14 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("split", formatter_class=fmt,
-                       help="make the VIPriors train/val/test folders from an ImageNet-2012 root")
-    p.add_argument("root", metavar="IMAGENET_ROOT", help="ImageNet root with train/<wnid>/ and val/<wnid>/")
+                       help="make the VIPriors train/val/test folders from ImageNet-2012 or Tiny ImageNet")
+    p.add_argument("root", metavar="ROOT",
+                   help="ImageNet-2012 root (train/<wnid>/, val/<wnid>/) or Tiny ImageNet root (tiny-imagenet-200: "
+                        "train/<wnid>/images/, val/images/ + val/val_annotations.txt; test = all of its val), "
+                        "told apart by that layout")
     p.add_argument("out", metavar="OUT", help="new or empty folder for train/<wnid>/, val/<wnid>/, test/imgs/")
     p.add_argument("--pickles", default=None, metavar="DIR",
                    help="folder with the challenge toolkit's train.pickle, val.pickle, test.pickle "
-                        "(default: a seeded random subset)")
+                        "(default: a seeded random subset; ImageNet-2012 only)")
     p.add_argument("--per-class", type=int, default=None, metavar="N",
-                   help="random subset: images per class in each of train, val and test (default 50)")
+                   help="random subset: images per class in each of train, val and test (default 50); "
+                        "Tiny ImageNet: in train and val, drawn from its train (500 per class)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random subset: seed of the draws (default 0)")
     p.add_argument("--test-labels", default=None, metavar="FILE",
                    help="write the true test classes to FILE (a submission-format CSV for `fastvip score`); "
@@ -209,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy", action="store_true", help="copy the images instead of hard-linking them")
     p.add_argument("--force", action="store_true", help="replace the train/val/test folders of a previous split in OUT")
     p.add_argument("--allow-missing", action="store_true",
-                   help="leave out files a pickle lists but IMAGENET_ROOT lacks (default: an error)")
+                   help="leave out files a pickle or val_annotations.txt lists but ROOT lacks (default: an error)")
     _common(p)
     p.set_defaults(func=cmd_split)
 
@@ -221,13 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=("none", "flip", "multiscale", "tencrop"), default="none",
                    help="test-time augmentation (views averaged; see fastvip/tta.py)")
     p.add_argument("--scales", type=_int_list, default=None,
-                   help="multiscale sizes, e.g. 224,320,380,448 (default: train size x 1, 320/224, 380/224, 448/224)")
-    p.add_argument("--tencrop-size", type=int, default=None, help="tencrop view size (default: 2 x train size)")
+                   help="multiscale sizes, e.g. 224,320,380,448 (default: the recipe's tta_scales; "
+                        "unset: train size x 1, 320/224, 380/224, 448/224)")
+    p.add_argument("--tencrop-size", type=int, default=None,
+                   help="tencrop view size (default: the recipe's tencrop_size; unset: 2 x train size)")
     p.add_argument("--out", default=None, help="probabilities .npz (default: RUN_DIR/predictions/)")
     p.add_argument("--submission", default=None, help="write a VIPriors submission CSV")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size")
     _common(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="write a timm model folder (timm.create_model('local-dir:OUT_DIR', pretrained=True))")
+    p.add_argument("run", metavar="RUN_DIR", help="run directory or checkpoint file")
+    p.add_argument("out", metavar="OUT_DIR", help="new or empty folder for model.safetensors and config.json")
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="best = the weights (raw or EMA) that scored best on val; last = the last epoch's")
+    p.add_argument("--force", action="store_true", help="replace a previous export in OUT_DIR")
+    _common(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ensemble", formatter_class=fmt, help="average probabilities into a submission")
     p.add_argument("probs", nargs="+", metavar="PROBS.npz", help="outputs of fastvip predict")

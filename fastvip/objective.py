@@ -12,7 +12,9 @@ weight, so the terms add up to the loss that is back-propagated and logged as
   of a mixed sample (:func:`fastvip.mix.dominant_labels`).
 - ``loss_cr``: Contrastive Regularization on the softmax outputs, positives by the
   Jensen-Shannon distance of the soft targets (two views of an image share theirs).
-- ``loss_mt``: Mean Teacher consistency KL(student || teacher), ramped up.
+- ``loss_mt``: Mean Teacher consistency KL(student || teacher), ramped up: the student on
+  one view of an image against the teacher on its other view (``teacher_logits`` come
+  paired that way, see :func:`fastvip.train.other_view`).
 - ``loss_aux``: the classification loss on the auxiliary head.
 """
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .console import Console
+from .console import Console, printable
 from .errors import FastvipError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -302,13 +302,16 @@ def _transcode_job(args):
 # ---------------------------------------------------------------- write
 
 class _Spooled:
-    """Indexable view of the spool, handed to FFCV's writer (its workers only copy bytes)."""
+    """Indexable view of the spool, handed to FFCV's writer (its workers only copy bytes).
 
-    def __init__(self, spool: str, offsets, sizes, heights, widths, labels, ids):
+    ``modes``: FFCV's storage mode per sample (0 JPEG, 1 raw pixels; a merge copies both)."""
+
+    def __init__(self, spool: str, offsets, sizes, heights, widths, labels, ids, modes=None):
         self.spool = spool
         self.offsets, self.sizes = offsets, sizes
         self.heights, self.widths, self.labels = heights, widths, labels
         self.ids = ids
+        self.modes = np.zeros(len(offsets), np.uint8) if modes is None else modes
         self._data = None
 
     def __len__(self):
@@ -318,17 +321,19 @@ class _Spooled:
         if self._data is None:  # opened lazily in each writer process
             self._data = np.memmap(self.spool, dtype=np.uint8, mode="r")
         o, n = int(self.offsets[i]), int(self.sizes[i])
-        jpeg = self._data[o:o + n]
-        return (jpeg, int(self.heights[i]), int(self.widths[i])), int(self.labels[i]), self.ids[i]
+        stored = self._data[o:o + n]
+        return ((stored, int(self.heights[i]), int(self.widths[i]), int(self.modes[i])), int(self.labels[i]),
+                self.ids[i])
 
 
 def _encode_prejpeg(self, destination, value, malloc):
-    """``RGBImageField.encode`` for bytes that are already a JPEG of known size."""
-    jpeg, height, width = value
-    destination["mode"] = 0  # FFCV's IMAGE_MODES['jpg']
+    """``RGBImageField.encode`` for bytes already stored as FFCV stores them: a JPEG (mode 0)
+    or, copied by a merge from a file FFCV wrote, raw HxWx3 pixels (mode 1)."""
+    data, height, width, mode = value
+    destination["mode"] = mode
     destination["height"], destination["width"] = height, width
-    destination["data_ptr"], storage = malloc(jpeg.nbytes)
-    storage[:] = jpeg
+    destination["data_ptr"], storage = malloc(data.nbytes)
+    storage[:] = data
 
 
 def ffcv_fields():
@@ -474,7 +479,7 @@ def _write_beton(path: Path, spool: Path, kept: dict, workers: int, console: Con
     non-interactive shells are, would never see ``interrupt_main``).
     """
     dataset = _Spooled(os.fspath(spool), kept["offsets"], kept["sizes"], kept["heights"],
-                       kept["widths"], kept["labels"], [_id_bytes(i) for i in kept["ids"]])
+                       kept["widths"], kept["labels"], [_id_bytes(i) for i in kept["ids"]], kept.get("modes"))
     # A sample must fit in one page or FFCV's allocator raises inside a worker.
     largest = int(kept["sizes"].max()) + max(len(i) for i in dataset.ids) + 4096
     page = FFCV_MIN_PAGE
@@ -567,19 +572,16 @@ def merged_path(files: list) -> Path:
 def merge(files: list, *, console: Console | None = None) -> Path:
     """One packed file holding every sample of ``files`` (train + val for the final models).
 
-    The JPEG bytes are copied, not re-encoded. The result is kept beside the first file
-    (:func:`merged_path`) and reused while its sidecar's record of the sources' fingerprints
-    still matches them; the class lists must be identical.
+    The stored bytes (JPEG, or raw pixels in files FFCV wrote) are copied, not re-encoded. The
+    result is kept beside the first file (:func:`merged_path`) and reused while its sidecar's
+    record of the sources' fingerprints still matches them; see :func:`_merged_classes`.
     """
     console = console or Console()
     files = [Path(f) for f in files]
     packed = [open_packed(f) for f in files]
     if not all(p.labelled for p in packed):
         raise FastvipError("train_data: only labelled files can be merged for training")
-    for f, p in zip(files[1:], packed[1:]):
-        if p.classes != packed[0].classes:
-            raise FastvipError(f"train_data: {f} has {p.num_classes} classes that differ from the "
-                               f"{packed[0].num_classes} of {files[0]}; they cannot be merged")
+    classes = _merged_classes(files, packed)
     out = merged_path(files)
     sources = [{"path": os.fspath(f.resolve()), "fingerprint": fingerprint(f)} for f in files]
     current = _entry_for(out)
@@ -590,7 +592,7 @@ def merge(files: list, *, console: Console | None = None) -> Path:
     spool = atomic.temp_path_for(out.with_suffix(".spool"))
     beton_tmp = atomic.temp_path_for(out)
     child_log = atomic.temp_path_for(out.with_suffix(".log"))
-    kept = {k: [] for k in ("offsets", "sizes", "heights", "widths", "labels")}
+    kept = {k: [] for k in ("offsets", "sizes", "heights", "widths", "labels", "modes")}
     kept["ids"] = []
     pos = 0
     global _CHILD_LOG
@@ -600,8 +602,6 @@ def merge(files: list, *, console: Console | None = None) -> Path:
             for f, p in zip(files, packed):
                 reader = Reader(os.fspath(f))
                 md = reader.metadata[f"f{reader.field_names.index('image')}"]
-                if (md["mode"] != 0).any():
-                    raise FastvipError(f"{f} stores raw pixels; re-pack it with fastvip pack to merge it")
                 table = np.sort(reader.alloc_table, order="ptr")  # pointer -> stored size
                 sizes = table["size"][np.searchsorted(table["ptr"], md["data_ptr"])].astype(np.int64)
                 data = np.memmap(f, dtype=np.uint8, mode="r")
@@ -613,11 +613,12 @@ def merge(files: list, *, console: Console | None = None) -> Path:
                 kept["heights"].append(p.heights)
                 kept["widths"].append(p.widths)
                 kept["labels"].append(p.labels)
+                kept["modes"].append(md["mode"])
                 kept["ids"] += p.ids
         kept = {k: (np.concatenate(v) if k != "ids" else v) for k, v in kept.items()}
         _write_beton(beton_tmp, spool, kept, os.cpu_count() or 1, console, child_log, out.name)
         summary = {"format": FORMAT, "num_samples": int(len(kept["labels"])), "labelled": True,
-                   "classes": packed[0].classes, "merged_from": sources,
+                   "classes": classes, "merged_from": sources,
                    "fingerprint": fingerprint(beton_tmp), "skipped": []}
         previous = _entry_for(out)
         atomic.write_json(meta_path(out), _sidecar([summary] + ([previous] if previous else [])))
@@ -633,6 +634,23 @@ def merge(files: list, *, console: Console | None = None) -> Path:
     console.log(f"merge: {' + '.join(f.name for f in files)} -> {out} ({summary['num_samples']:,} images, "
                 f"{time.perf_counter() - t0:.1f} s)")
     return out
+
+
+def _merged_classes(files: list[Path], packed: list[PackedFile]) -> list[str]:
+    """The classes of a merge: those of its files with a sidecar (which must agree), into which
+    the labels of sidecar-less files are indices; with no sidecar at all, 0..the largest label."""
+    named = [(f, p) for f, p in zip(files, packed) if p.sidecar]
+    if not named:
+        return [str(c) for c in range(max(int(p.labels.max()) for p in packed) + 1)]
+    first, ref = named[0]
+    for f, p in named[1:]:
+        if p.classes != ref.classes:
+            raise FastvipError(f"train_data: {f} has {p.num_classes} classes that differ from the "
+                               f"{ref.num_classes} of {first}; they cannot be merged")
+    for p in packed:
+        if not p.sidecar:
+            check_label_indices(p, ref.classes, first)
+    return ref.classes
 
 
 def _last_error(log: Path) -> str:
@@ -697,7 +715,12 @@ def _print_summary(r: PackResult, console: Console) -> None:
 
 @dataclass
 class PackedFile:
-    """A packed file as fastvip sees it: path, labels, ids and class names."""
+    """A packed file as fastvip sees it: path, labels, ids and class names.
+
+    ``sidecar`` is False for a file FFCV's own tools wrote: its class names are the label
+    indices and its ids the sample indices, so its labels are read as indices into the
+    classes of whatever it is used with (:func:`check_label_indices`).
+    """
     path: Path
     classes: list[str]
     labelled: bool
@@ -705,6 +728,8 @@ class PackedFile:
     ids: list[str]
     heights: np.ndarray
     widths: np.ndarray
+    sidecar: bool = True
+    fields: tuple[str, ...] = ("image", "label", "id")
 
     @property
     def num_samples(self) -> int:
@@ -716,13 +741,14 @@ class PackedFile:
 
 
 def open_packed(path: str | os.PathLike) -> PackedFile:
-    """Read a ``.beton`` written by ``fastvip pack`` and its sidecar; clear errors when they disagree."""
+    """Read a ``.beton`` written by ``fastvip pack`` and its sidecar, or one written by FFCV's
+    own tools (no sidecar, see :func:`_open_ffcv_written`); clear errors when they disagree."""
     path = Path(path)
     if not path.is_file():
         raise FastvipError(f"data file {path} does not exist")
     side = meta_path(path)
     if not side.is_file():
-        raise FastvipError(f"{path} has no {side.name} beside it; pack it with `fastvip pack`")
+        return _open_ffcv_written(path, side)
     try:
         sidecar = json.loads(side.read_text())
     except (OSError, ValueError) as e:
@@ -732,11 +758,7 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
     meta = _entry_for(path)
     if meta is None:
         raise FastvipError(f"{path} does not match {side.name} (one of them was replaced); re-pack it")
-    try:
-        from ffcv.reader import Reader
-        reader = Reader(os.fspath(path))
-    except Exception as e:  # noqa: BLE001 - anything FFCV fails on is "not a packed file"
-        raise FastvipError(f"{path} is not a readable FFCV file: {e}") from None
+    reader = _reader(path)
     names = reader.field_names
     if not {"image", "label", "id"} <= set(names):
         raise FastvipError(f"{path} lacks fastvip's fields image/label/id (has {names})")
@@ -748,7 +770,78 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
     if len(labels) != meta["num_samples"]:
         raise FastvipError(f"{path} holds {len(labels)} samples but its sidecar says {meta['num_samples']}")
     return PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids,
-                      image_md["height"].astype(np.int64), image_md["width"].astype(np.int64))
+                      image_md["height"].astype(np.int64), image_md["width"].astype(np.int64),
+                      fields=tuple(names))
+
+
+def _reader(path: Path, why: str = ""):
+    """FFCV's reader of ``path``; a one-line error for anything it cannot parse."""
+    try:
+        from ffcv.reader import Reader
+        return Reader(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - anything FFCV fails on is "not a packed file"
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FastvipError(f"{path} {why}is not a readable FFCV file: {detail}") from None
+
+
+# More class indices than any classification set has: such "labels" are something else.
+MAX_INDEX_CLASSES = 100_000
+_WARNED: set[str] = set()
+
+
+def _open_ffcv_written(path: Path, side: Path) -> PackedFile:
+    """A ``.beton`` with no sidecar, as FFCV's own writers make (``write_imagenet.py``: an
+    RGBImageField ``image`` in any write mode and an IntField ``label``).
+
+    Class names default to the label indices ``"0"`` .. ``"max label"`` and ids to the sample
+    indices, with a one-line warning. A file with fastvip's ``id`` BytesField was written by
+    ``fastvip pack`` and lost its sidecar: refused, so the fingerprint check keeps protecting it.
+    """
+    from ffcv.fields import BytesField, IntField, RGBImageField
+    reader = _reader(path, f"has no {side.name} beside it and ")
+    handlers = reader.handlers
+    if isinstance(handlers.get("id"), BytesField):
+        raise FastvipError(f"{path} has no {side.name} beside it but was written by fastvip pack (it has an "
+                           "id field): put its sidecar back or re-pack it")
+    if not (isinstance(handlers.get("image"), RGBImageField) and isinstance(handlers.get("label"), IntField)):
+        has = ", ".join(f"{n} ({type(h).__name__})" for n, h in handlers.items())
+        raise FastvipError(f"{path} has no {side.name} beside it and lacks the fields an FFCV-written file "
+                           f"needs, image (RGBImageField) and label (IntField); it has {has or 'none'}")
+    names = reader.field_names
+    labels = np.asarray(reader.metadata[f"f{names.index('label')}"], dtype=np.int64)
+    if not len(labels):
+        raise FastvipError(f"{path} holds no samples")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise FastvipError(f"{path}: sample {int(labels.argmin())} has label {low}; a file without a sidecar "
+                           "needs class indices >= 0 as labels")
+    if high >= MAX_INDEX_CLASSES:
+        raise FastvipError(f"{path}: sample {int(labels.argmax())} has label {high}, too large for a class "
+                           f"index (at most {MAX_INDEX_CLASSES - 1})")
+    image_md = reader.metadata[f"f{names.index('image')}"]
+    key = os.fspath(path.resolve())
+    if key not in _WARNED:  # loaders, merge and predict each open the file; say it once
+        _WARNED.add(key)
+        _warn(f"{path} has no {side.name} (written by FFCV's own tools?): class names are its label "
+              f"indices 0..{high}, ids its sample indices")
+    return PackedFile(path, [str(c) for c in range(high + 1)], True, labels,
+                      [str(i) for i in range(len(labels))], image_md["height"].astype(np.int64),
+                      image_md["width"].astype(np.int64), sidecar=False, fields=tuple(names))
+
+
+def _warn(message: str) -> None:
+    """One ``warning:`` line on stderr (shown under ``--quiet`` too), from torchrun's rank 0 only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(printable(f"warning: {message}"), file=sys.stderr, flush=True)
+
+
+def check_label_indices(packed: PackedFile, classes: list[str], owner: str) -> None:
+    """A sidecar-less file's labels are indices into ``classes`` (those of ``owner``): each must fit."""
+    high = int(packed.labels.max())
+    if high >= len(classes):
+        raise FastvipError(f"{packed.path} has label {high} (sample {int(packed.labels.argmax())}), out of range "
+                           f"for the {len(classes)} classes of {owner}; without a sidecar its labels are "
+                           "read as class indices")
 
 
 def _read_ids(path: Path, reader, id_md) -> list[str]:

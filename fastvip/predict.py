@@ -15,12 +15,13 @@ from fastvip.loaders import build_loader
 from . import atomic
 from .console import Console
 from .errors import FastvipError
+from .pack import check_label_indices
 from .augment import normalize
 from .evaluate import logits_batches
 from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
                     resolve_device, use_channels_last)
-from .recipe import from_dict
-from .tta import TTA_CHOICES, cut, default_scales, default_tencrop_size, plan
+from .recipe import eval_resolution, from_dict
+from .tta import TTA_CHOICES, cut, plan, tta_sizes
 
 SUBMISSION_HEADER = ("Image IDs", "Predictions")
 
@@ -30,9 +31,10 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
             tencrop_size: int | None = None, console: Console | None = None) -> dict:
     """Class probabilities for every sample of ``data``; optionally a submission CSV.
 
-    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop (so
-    ``none`` reproduces the validation top-1); ``multiscale`` and ``tencrop`` decode each
-    image once and cut all views on the device.
+    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop at the
+    recipe's eval resolution (so ``none`` reproduces the validation top-1); ``multiscale`` and
+    ``tencrop`` decode each image once and cut all views on the device, at ``scales`` /
+    ``tencrop_size`` if given, else the recipe's ``tta_scales`` / ``tencrop_size``.
     """
     console = console or Console()
     if tta not in TTA_CHOICES:
@@ -47,18 +49,22 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     channels_last, _ = use_channels_last(recipe, device)
     batch_size = batch_size or recipe.batch_size
     # resolved once: the views use these and the .npz records them
-    scales = (scales or default_scales(recipe.image_size)) if tta == "multiscale" else None
-    tencrop_size = (tencrop_size or default_tencrop_size(recipe.image_size)) if tta == "tencrop" else None
+    scales, tencrop_size = tta_sizes(recipe, scales, tencrop_size)
+    scales = scales if tta == "multiscale" else None
+    tencrop_size = tencrop_size if tta == "tencrop" else None
+    size = eval_resolution(recipe)
     if tta in ("multiscale", "tencrop"):
         from fastvip.loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
-        loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=recipe.image_size,
+        loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=size,
                             device=device, workers=recipe.workers, canvas=True)
     else:
         loader = build_loader(recipe.loader, data, train=False, batch_size=batch_size,
-                              image_size=recipe.image_size, device=device, workers=recipe.workers,
+                              image_size=size, device=device, workers=recipe.workers,
                               eval_crop=recipe.eval_crop)
     packed = loader.packed
-    if packed.labelled and packed.classes != classes:
+    if not packed.sidecar:  # written by FFCV's own tools: its labels index the model's classes
+        check_label_indices(packed, classes, "the model")
+    elif packed.labelled and packed.classes != classes:
         raise FastvipError(f"{data} has {packed.num_classes} classes that differ from the "
                            f"model's {len(classes)}")
 
@@ -114,7 +120,7 @@ def _tta_probs(model, loader, packed, tta, recipe, device, amp, scales, tencrop_
     for canvas, _ in loader:
         idx = np.arange(offset, offset + len(canvas))
         offset += len(canvas)
-        views = plan(tta, packed.heights[idx], packed.widths[idx], idx, image_size=recipe.image_size,
+        views = plan(tta, packed.heights[idx], packed.widths[idx], idx, image_size=eval_resolution(recipe),
                      eval_crop=recipe.eval_crop, scales=scales, tencrop_size=tencrop_size, seed=recipe.seed)
         images = canvas.float()
         total = None

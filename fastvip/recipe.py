@@ -38,6 +38,8 @@ class Recipe:
     image_size: int = 224               # train crop and eval size
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
+    tta_scales: tuple[int, ...] | None = None  # predict --tta multiscale sizes; None = image_size x (1, 320/224, 380/224, 448/224)
+    tencrop_size: int | None = None     # predict --tta tencrop view size; None = 2 x image_size
     # augmentation on the device, after decode (see fastvip.augment, fastvip.mix)
     auto_augment: str = "none"          # none, autoaugment (torchvision ImageNet policy), randaugment (n=2, m=9)
     random_erasing: float = 0.0         # probability of one random-erasing box (pixel noise) per image
@@ -61,6 +63,7 @@ class Recipe:
     momentum: float = 0.9               # SGD / RMSprop momentum
     nesterov: bool = False              # Nesterov momentum for sgd
     weight_decay: float = 1e-4          # not applied to norm layers and biases
+    opt_eps: float | None = None        # optimiser epsilon; None = the optimiser's default (rmsproptf: 1e-10)
     # loss and regularisation (each active term is logged as loss_<name>; see fastvip.objective)
     loss: str = "ce"                    # classification loss: ce, or sce (symmetric cross-entropy)
     label_smoothing: float = 0.1        # label smoothing of the (mixed) targets
@@ -98,6 +101,7 @@ class Recipe:
     init_recipe: str = ""               # the recipe that trains init_from (named when it is missing)
     seed: int = 0                       # weights init, order, crops and flips
     out: str = ""                       # run directory; empty = runs/<recipe file name>
+    tensorboard: bool = False           # also write TensorBoard scalars to <run dir>/tensorboard/ (pip install 'fastvip[tensorboard]')
     description: str = ""               # one line for `fastvip recipes` (default: the docstring)
 
     def __post_init__(self):
@@ -111,6 +115,9 @@ class Recipe:
                 pass  # validate() names the choices
         if isinstance(value, bool):
             object.__setattr__(self, "channels_last", "on" if value else "off")
+        # recipe.json holds a list: a tuple again, so a reloaded recipe equals the one saved
+        if isinstance(self.tta_scales, list):
+            object.__setattr__(self, "tta_scales", tuple(self.tta_scales))
 
     @property
     def train_files(self) -> list[str]:
@@ -121,6 +128,12 @@ class Recipe:
     def uses_ema(self) -> bool:
         """The EMA is kept for ``ema`` and as the Mean Teacher."""
         return self.ema or self.mt_weight > 0
+
+    def shipped_weights(self) -> str:
+        """The weights this recipe ships, fixed before the run: ``"ema"`` when it keeps an EMA
+        (``ema``, or Mean Teacher's teacher), else ``"raw"``. Reported figures (``last_top1``) are
+        of these weights, so choosing raw or EMA by their val score cannot inflate them."""
+        return "ema" if self.uses_ema else "raw"
 
     def scaled_lr(self) -> float:
         """Peak learning rate for this batch size (linear scaling rule)."""
@@ -162,6 +175,13 @@ class Recipe:
             (min(self.cr_weight, self.mt_weight, self.aux_weight) >= 0, "loss weights must be >= 0"),
             (self.cr_tau > 0 and self.cr_delta >= 0, "cr_tau must be > 0 and cr_delta >= 0"),
             (self.cr_weight == 0 or self.views == 2, "cr_weight > 0 needs two-view batches (views=2)"),
+            (self.mt_weight == 0 or self.views == 2,
+             "mt_weight > 0 needs two-view batches (views=2): the teacher sees the other view of each image"),
+            (self.tta_scales is None or (len(self.tta_scales) > 0 and min(self.tta_scales) >= 8),
+             "tta_scales must be sizes >= 8 (or None)"),
+            (self.tencrop_size is None or self.tencrop_size >= 8, "tencrop_size must be >= 8 (or None)"),
+            (self.opt_eps is None or self.opt_eps > 0, "opt_eps must be > 0 (or None)"),
+            (self.opt_eps is None or self.optimizer != "sgd", "opt_eps: sgd has no epsilon"),
             (0 <= self.fusion_weight < 1, "fusion_weight must be in [0, 1)"),
             (self.fusion_weight == 0 or self.aux_weight > 0, "fusion_weight needs the auxiliary head (aux_weight > 0)"),
             (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
@@ -183,6 +203,11 @@ class Recipe:
 
 
 FIELD_TYPES = typing.get_type_hints(Recipe)
+
+
+def eval_resolution(recipe: Recipe) -> int:
+    """The size a recipe is evaluated at (``predict --tta none|flip``)."""
+    return recipe.image_size  # the one place a separate eval size would take over
 
 
 def field_names() -> list[str]:
@@ -263,7 +288,15 @@ def _parse_bool(text: str) -> bool:
 def parse_value(key: str, text: str):
     """Parse ``text`` as the type of recipe field ``key`` (one-line error when it is not)."""
     kind = FIELD_TYPES[key]
+    args = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else ()
+    if type(None) in args:  # an optional field: none (or nothing) leaves it unset
+        if text.strip().lower() in ("", "none"):
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
     try:
+        if typing.get_origin(kind) is tuple:  # tuple[int, ...]: comma-separated
+            item = typing.get_args(kind)[0]
+            return tuple(item(p) for p in text.split(",") if p.strip())
         if kind is bool:
             return _parse_bool(text)
         if kind is int:
@@ -279,7 +312,9 @@ def parse_value(key: str, text: str):
         pass
     else:
         raise FastvipError(f"recipe field {key!r} has an unsupported type {kind}")
-    name = getattr(kind, "__name__", str(kind))
+    name = "comma-separated ints" if typing.get_origin(kind) is tuple else getattr(kind, "__name__", str(kind))
+    if type(None) in args:
+        name += " or none"
     raise FastvipError(f"recipe field {key!r} expects {name}, got {text!r}")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from fastvip.loaders import build_loader, in_pipeline
 
-from . import atomic, distributed, losses
+from . import atomic, distributed, losses, tensorboard
 from . import metrics as metrics_log
 from . import recipe as recipe_mod
 from .augment import normalize
@@ -43,7 +43,7 @@ from .model import (
     use_channels_last,
 )
 from .net import adapt_init_weights
-from .pack import merge, merged_path
+from .pack import check_label_indices, merge, merged_path
 from .objective import loss_terms
 from .recipe import Recipe
 from .schedule import lr_at
@@ -68,8 +68,12 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
          ddp: distributed.Dist, device: torch.device) -> dict:
     if not ddp.main:
         console = Console(quiet=True)
-    if recipe.sync_bn and device.type != "cuda":
-        raise FastvipError("sync_bn=true needs CUDA devices (NCCL); on CPU set sync_bn=false")
+    # one process keeps plain BatchNorm (SyncBN there would be a no-op), so only several CPU
+    # processes are refused: torch's SyncBatchNorm runs on GPUs only
+    if recipe.sync_bn and ddp.world > 1 and device.type != "cuda":
+        raise FastvipError(f"sync_bn=true with {ddp.world} CPU processes: SyncBatchNorm needs CUDA devices; "
+                           "set sync_bn=false or run one process")
+    tensorboard.check(recipe)
     amp = amp_dtype(recipe.amp, device)
     channels_last, channels_last_why = use_channels_last(recipe, device)
     ckpt = _open_run_dir(run_dir, recipe, resume, console, write=ddp.main)
@@ -102,7 +106,9 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     if recipe.val_data:
         val_loader = build_loader(recipe.loader, recipe.val_data, train=False,
                                   batch_size=max(1, recipe.batch_size // ddp.world), **common)
-        if val_loader.classes != classes:
+        if not val_loader.packed.sidecar:  # written by FFCV's own tools: its labels index the classes
+            check_label_indices(val_loader.packed, classes, files[0])
+        elif val_loader.classes != classes:
             raise FastvipError(f"class lists differ: {files[0]} has {len(classes)} classes, "
                                f"{recipe.val_data} has {len(val_loader.classes)}")
 
@@ -117,6 +123,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
     step, start_epoch, best = 0, 0, {"top1": None, "epoch": None, "weights": None}
+    shipped = recipe.shipped_weights()
+    last = {}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -124,6 +132,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         step, start_epoch, best = ckpt["step"], ckpt["epoch"], ckpt["best"]
+        last = ckpt.get("last", {})  # absent in checkpoints of older versions
         _set_rng_state(ckpt["rng"])
     wrapped = model
     if ddp.world > 1:
@@ -140,6 +149,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     rampup_steps = round(recipe.mt_rampup_epochs * steps_per_epoch)
     peak_lr = recipe.scaled_lr()
     metrics = run_dir / "metrics.jsonl"
+    board = tensorboard.open_board(recipe, run_dir, step, ddp.main)
     if ddp.main:
         metrics_log.append(metrics, {
             "event": "start", "time": time.time(), "loader": recipe.loader, "world_size": ddp.world,
@@ -192,8 +202,10 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                     sums[name] = sums.get(name, 0.0) + value.detach()
                 done += 1
                 if step % 10 == 0 or done == steps_per_epoch:
+                    loss = terms["train_loss"].item()
                     bar.advance((done + skipped) * images_per_step - bar.done, step=step,
-                                loss=f"{terms['train_loss'].item():.3f}", lr=f"{lr:.4g}")
+                                loss=f"{loss:.3f}", lr=f"{lr:.4g}")
+                    board.step(step, loss, lr)
             for _ in batches:  # fewer than grad_accum left over: let the loader finish its epoch
                 pass
         train_time = time.perf_counter() - t0
@@ -215,33 +227,45 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             if ema is not None:
                 scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
                 line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
-        line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0)
+        line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0,
+                    time=time.time())  # wall clock: benchmarks place each epoch on a time axis
 
-        weights = max(scores, key=lambda k: scores[k]["top1"]) if scores else ("ema" if ema else "raw")
+        weights = max(scores, key=lambda k: scores[k]["top1"]) if scores else shipped
         top1 = scores[weights]["top1"] if scores else None
         improved = best["top1"] is None or (top1 is not None and top1 > best["top1"])
         if improved:
             best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
+        # the figure to report: the declared weights at the latest epoch, no choice made on val
+        last = _last_scores(scores, shipped, epoch + 1)
+        if epoch + 1 == recipe.epochs:
+            line.update(last_top1=last["last_top1"], last_weights=shipped)
         if ddp.main:
-            chosen = (ema.module if weights == "ema" else model).state_dict()
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                     "step": step, "epoch": epoch + 1, "best": best, "rng": _rng_state(),
-                     "recipe": recipe.to_dict(), "classes": classes, "inference": chosen, "weights": weights}
+                     "step": step, "epoch": epoch + 1, "best": best, "last": last, "rng": _rng_state(),
+                     "recipe": recipe.to_dict(), "classes": classes,
+                     # last.pt recommends the declared weights; best.pt the val-selected ones
+                     "inference": (ema.module if shipped == "ema" else model).state_dict(), "weights": shipped}
             if improved:
-                save_checkpoint(run_dir / "best.pt", {k: state[k] for k in
-                                                      ("inference", "weights", "epoch", "recipe", "classes")})
-                atomic.write_json(run_dir / "best.json", best)
+                save_checkpoint(run_dir / "best.pt", {
+                    "inference": (ema.module if weights == "ema" else model).state_dict(), "weights": weights,
+                    **{k: state[k] for k in ("epoch", "recipe", "classes")}})
+            atomic.write_json(run_dir / "best.json", {**best, **last})
             save_checkpoint(run_dir / "last.pt", state)
             metrics_log.append(metrics, line)
+            board.epoch(line)
         console.log(_epoch_text(line, recipe.epochs))
         if stop_after is not None and epoch + 1 >= stop_after:
             break
 
+    board.close()
     distributed.barrier()
     if ddp.main:
         _write_plots(run_dir, console)
-    summary = {"best_top1": best["top1"], "best_epoch": best["epoch"], "best_weights": best["weights"],
+    summary = {"last_top1": last.get("last_top1"), "last_weights": last.get("last_weights"),
+               "last_epoch": last.get("last_epoch"), "last_top1_raw": last.get("last_top1_raw"),
+               "last_top1_ema": last.get("last_top1_ema"),
+               "best_top1": best["top1"], "best_epoch": best["epoch"], "best_weights": best["weights"],
                "wall_time_s": time.perf_counter() - t_run,
                "img_per_s": float(np.median(rates)) * ddp.world if rates else None,
                "world_size": ddp.world, "run_dir": os.fspath(run_dir)}
@@ -261,7 +285,7 @@ class StepContext:
     channels_last: bool = False        # resolved from recipe.channels_last (fastvip.model.use_channels_last)
     rank: int = 0
     world: int = 1
-    teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode
+    teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode (why: train_step)
     no_sync: object = None             # DDP's no_sync, for all but the last micro-batch
     generator: torch.Generator | None = None
 
@@ -293,6 +317,15 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, 
     return x.contiguous(memory_format=fmt), targets, dominant_labels(mix, labels)
 
 
+def other_view(rows: torch.Tensor, views: int) -> torch.Tensor:
+    """Each row of a two-view batch replaced by the other view of its image (rows ``i`` and
+    ``i + n`` are one image's views); a one-view batch is returned as it is."""
+    if views == 1:
+        return rows
+    half = len(rows) // views
+    return torch.cat([rows[half:], rows[:half]])
+
+
 def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step: int, n: int = 1,
                mt_ramp: float = 1.0) -> dict[str, torch.Tensor] | None:
     """One optimiser step over ``n`` micro-batches of uint8 images (an iterable, consumed in order).
@@ -313,7 +346,12 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                 teacher_logits = None
                 if ctx.teacher is not None:
                     with torch.no_grad():  # its classifier's logits, never the fused eval output
-                        teacher_logits = ctx.teacher.outputs(x)["logits"]
+                        # the student on one view against the teacher on the other (report Fig. 1).
+                        # The teacher stays in eval mode: its target is the averaged model as it is
+                        # validated, and a train-mode forward would overwrite the BN statistics the
+                        # EMA keeps (differently on each process). Eval mode is per-sample, so
+                        # pairing its outputs equals feeding it the swapped batch.
+                        teacher_logits = other_view(ctx.teacher.outputs(x)["logits"], ctx.recipe.views)
                 terms = loss_terms(ctx.recipe, out, targets, dominant, teacher_logits=teacher_logits,
                                    mt_ramp=mt_ramp)
             loss = sum(terms.values())
@@ -329,6 +367,13 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     scaler.step(optimizer)
     scaler.update()
     return totals
+
+
+def _last_scores(scores: dict, shipped: str, epoch: int) -> dict:
+    """The latest epoch's val top-1 of the declared weights, and of raw and EMA (None without val)."""
+    top1 = {k: v["top1"] for k, v in scores.items()}
+    return {"last_epoch": epoch, "last_weights": shipped, "last_top1": top1.get(shipped),
+            "last_top1_raw": top1.get("raw"), "last_top1_ema": top1.get("ema")}
 
 
 def _weights_in_sync(model, device) -> bool:
@@ -370,7 +415,9 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console,
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         saved = recipe_mod.from_dict(ckpt["recipe"])
-        diff = [k for k in recipe.to_dict() if getattr(saved, k) != getattr(recipe, k) and k != "out"]
+        # where the run lives and whether it also logs to TensorBoard do not change its results
+        diff = [k for k in recipe.to_dict() if getattr(saved, k) != getattr(recipe, k)
+                and k not in ("out", "tensorboard")]
         if diff:
             raise FastvipError(f"--resume with a different recipe (changed: {', '.join(diff)})")
         if write:
@@ -407,7 +454,23 @@ def optimizer_impl(recipe: Recipe, device: torch.device) -> str:
         return recipe.optimizer_impl
     if device.type != "cuda":
         return "default"
-    return "fused" if recipe.optimizer in ("sgd", "adamw") else "foreach"
+    if recipe.optimizer in ("sgd", "adamw"):
+        return "fused"
+    # timm releases before RMSpropTF grew a foreach argument run its per-tensor loop
+    return "foreach" if _takes(recipe.optimizer, "foreach") else "default"
+
+
+def _optimizer_class(name: str):
+    """The class timm's factory builds for a recipe optimiser."""
+    if name == "rmsproptf":
+        from timm.optim import RMSpropTF
+        return RMSpropTF
+    return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+
+
+def _takes(name: str, arg: str) -> bool:
+    import inspect
+    return arg in inspect.signature(_optimizer_class(name)).parameters
 
 
 def _optimizer(model, recipe: Recipe, device: torch.device):
@@ -415,11 +478,18 @@ def _optimizer(model, recipe: Recipe, device: torch.device):
     from timm.optim import create_optimizer_v2
     name = recipe.optimizer
     kwargs = dict(OPTIMIZER_IMPL_KWARGS.get(optimizer_impl(recipe, device), {}))
+    missing = [k for k in kwargs if not _takes(name, k)]
+    if missing:
+        import timm
+        raise FastvipError(f"optimizer_impl={recipe.optimizer_impl}: {_optimizer_class(name).__name__} of timm "
+                           f"{timm.__version__} has no {missing[0]} argument; use optimizer_impl=auto or a newer timm")
     if name == "sgd":  # timm's "sgd" is Nesterov; "momentum" is plain momentum SGD
         name = "nesterov" if recipe.nesterov else "momentum"
         kwargs["momentum"] = recipe.momentum
     elif name == "rmsproptf":
         kwargs["momentum"] = recipe.momentum
+    if recipe.opt_eps is not None:
+        kwargs["eps"] = recipe.opt_eps
     return create_optimizer_v2(model, opt=name, lr=recipe.scaled_lr(), weight_decay=recipe.weight_decay,
                                filter_bias_and_bn=True, **kwargs)
 

@@ -11,9 +11,11 @@ area resize when shrinking. The prediction is the mean of the views' probabiliti
 - ``multiscale`` (DeepBlueAI 2020): at each scale s, (a) the centre crop of 0.875 x the
   shorter side (= resize the shorter side to s/0.875, centre-crop s) and (b) a seeded
   random crop of 80-100 % of the area (ratio 3/4-4/3), each with its mirror image.
-  Default scales: the training size x (1, 320/224, 380/224, 448/224).
+  Scales: the recipe's ``tta_scales`` (the DeepBlueAI recipes: 224, 320, 380, 448, as the
+  report tests every model), else the training size x (1, 320/224, 380/224, 448/224).
 - ``tencrop`` (2021 report): after resizing the shorter side to S/0.875, the four corner
-  crops and the centre crop of side S, and their mirror images; S = 2 x the training size.
+  crops and the centre crop of side S, and their mirror images; S = the recipe's
+  ``tencrop_size`` (the 2021 recipes: 448, as the report), else 2 x the training size.
 """
 from __future__ import annotations
 
@@ -43,6 +45,14 @@ def default_scales(image_size: int) -> list[int]:
 
 def default_tencrop_size(image_size: int) -> int:
     return 2 * image_size
+
+
+def tta_sizes(recipe, scales: list[int] | None = None, tencrop_size: int | None = None) -> tuple[list[int], int]:
+    """The multiscale sizes and the ten-crop size: the caller's, else the recipe's ``tta_scales`` /
+    ``tencrop_size``, else derived from its ``image_size`` (recipes that leave them unset, and
+    runs saved before the fields existed)."""
+    scales = list(scales or recipe.tta_scales or default_scales(recipe.image_size))
+    return scales, tencrop_size or recipe.tencrop_size or default_tencrop_size(recipe.image_size)
 
 
 def _centre(heights, widths, fraction: float) -> np.ndarray:

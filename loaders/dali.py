@@ -44,6 +44,7 @@ class BatchSource:
         self.crop_scale, self.eval_crop = crop_scale, eval_crop
         self.views, self.pk = views, pk
         self._data = None
+        self._order = (None, None)  # (epoch, this rank's samples): computed once per epoch
 
     def shard(self, epoch: int) -> np.ndarray:
         """This rank's samples for ``epoch``, in order."""
@@ -54,7 +55,9 @@ class BatchSource:
 
     def __call__(self, info):
         epoch = self.base_epoch + info.epoch_idx
-        mine = self.shard(epoch)
+        if self._order[0] != epoch:  # the order (P x K especially) costs far more than a batch
+            self._order = (epoch, self.shard(epoch))
+        mine = self._order[1]
         start = info.iteration * self.batch_size
         idx = mine[start:start + self.batch_size]
         if len(idx) == 0 or (self.train and len(idx) < self.batch_size):
@@ -99,7 +102,8 @@ class DALILoader:
         image_md = reader.metadata[f"f{reader.field_names.index('image')}"]
         if (image_md["mode"] != 0).any():
             raise FastvipError(f"{path} stores raw pixels for {int((image_md['mode'] != 0).sum())} images; "
-                               "the DALI loader reads JPEG storage only (re-pack with fastvip pack)")
+                               "the DALI loader reads JPEG storage only (use loader ffcv, or re-pack with "
+                               "fastvip pack)")
         # FFCV keeps no per-image byte count; its allocation table maps each pointer to a size.
         table = np.sort(reader.alloc_table, order="ptr")
         pos = np.searchsorted(table["ptr"], image_md["data_ptr"])

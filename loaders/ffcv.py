@@ -1,5 +1,9 @@
 """FFCV loader: reads a ``fastvip pack`` file with FFCV's compiled JPEG pipeline.
 
+Files written by FFCV's own tools are read too: their images may be stored as JPEG or
+as raw pixels (``write_mode`` raw, smart, proportion), per sample; raw samples are
+cropped and resized without a decode.
+
 Train: random-resized-crop decode (scale 0.08-1, ratio 3/4-4/3) to
 ``image_size`` and a random horizontal flip, both inside FFCV's compiled, parallel
 decode loop (a flip on the device cost 13% on CPU). Eval: centre crop
@@ -278,8 +282,9 @@ class FFCVLoader:
             "image": [self._decoder, ToTensor(), ToDevice(device, non_blocking=non_blocking),
                       ToTorchImage(channels_last=True)],
             "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=non_blocking)],
-            "id": None,
         }
+        # fastvip's id, and whatever else a file written by FFCV's own tools holds, stay undecoded
+        pipelines.update({name: None for name in self.packed.fields if name not in pipelines})
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
         if not train:
             all_idx = eval_shard(all_idx, self.world, self.rank)

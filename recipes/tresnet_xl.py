@@ -6,6 +6,8 @@
 # crop (8-100 % area, ratio 3/4-4/3), flip, AutoAugment (ImageNet policy), normalize,
 # CutMix with p = 0.5 (lam ~ Beta(1, 1)). Trained on train+val merged, as for the final
 # submission; for a validated run: --set train_data=data/train.beton val_data=data/val.beton
+# Test time: `predict --tta multiscale` views at 224, 320, 380 and 448 px, the scales the
+# report tests every model at (also the 448-px ResNeSt-101).
 # Deviations: the report does not give the label-smoothing epsilon (0.1 here); it counts
 # 24 AutoAugment sub-policies, torchvision's ImageNet policy (used here) has 25.
 from fastvip.recipe import Recipe
@@ -32,6 +34,7 @@ recipe = Recipe(
     nesterov=False,
     weight_decay=1e-4,
     label_smoothing=0.1,
+    tta_scales=(224, 320, 380, 448),
     amp="auto",
     seed=0,
 )

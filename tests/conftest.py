@@ -60,6 +60,27 @@ def colour_data(tmp_path_factory) -> dict:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_run(colour_data, tmp_path_factory) -> Path:
+    """One trained run shared by the predict, TTA, export and FFCV-file tests (read it, never write in it).
+
+    EMA on, a non-default eval crop (exports and predict must carry it) and channels-last
+    (that path end to end).
+    """
+    import json
+
+    from fastvip.recipe import Recipe
+    from fastvip.train import run
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
+               image_size=24, eval_crop=0.8, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5,
+               crop_scale_min=0.3, workers=2, ema=True, ema_decay=0.9, channels_last="on")
+    run(r, run_dir, console=Console(quiet=True))
+    start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["channels_last"] is True
+    return run_dir
+
+
 @pytest.fixture
 def cpu_env(monkeypatch):
     """Keep subprocess CLIs on CPU and quiet about CUDA."""

@@ -266,7 +266,7 @@ def test_random_erasing_probability_and_no_fit():
 
 
 def test_random_erasing_vectorised_draw_matches_timm_geometry():
-    d = aa._draw_erasing(500, H, W, _gen(50), 1.0, (0.02, 1 / 3), (0.3, 3.3))
+    d = aa._draw_erasing(500, H, W, _gen(50), 1.0, (0.02, 1 / 3), (0.3, 1 / 0.3))
     assert d["erase"].all()
     assert (d["top"] >= 0).all() and (d["top"] + d["h"] <= H).all()
     assert (d["left"] >= 0).all() and (d["left"] + d["w"] <= W).all()
@@ -274,6 +274,17 @@ def test_random_erasing_vectorised_draw_matches_timm_geometry():
     assert (d["top"] == 0).any() and (d["top"] == H - d["h"]).any()
     log_aspect = torch.log(d["h"].double() / d["w"].double())
     assert log_aspect.min() < math.log(0.5) and log_aspect.max() > math.log(2.0)
+
+
+def test_random_erasing_default_geometry_is_timms():
+    import inspect
+
+    from timm.data.random_erasing import RandomErasing
+    params = inspect.signature(aa.random_erasing).parameters
+    timm_erasing = RandomErasing(probability=1.0, device="cpu")
+    lo, hi = params["ratio"].default
+    assert (math.log(lo), math.log(hi)) == pytest.approx(timm_erasing.log_aspect_ratio, abs=1e-12)
+    assert params["scale"].default == (timm_erasing.min_area, timm_erasing.max_area)
 
 
 def test_random_erasing_channels_last_and_errors():

@@ -40,3 +40,42 @@ def test_throughput_rejects_bad_arguments(tmp_path, cpu_env):
     p = subprocess.run([sys.executable, "benchmarks/throughput.py", "--loader", "torchvision", "--passes", "2"],
                        cwd=REPO, env=cpu_env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "--passes" in p.stderr
+
+
+def _time_to_accuracy():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_time_to_accuracy_x_baseline_only_at_no_less_accuracy():
+    tta = _time_to_accuracy()
+    entries = {"baseline": {"done": True, "wall_s": 3000.0, "last_top1": 21.0},
+               "fast": {"done": True, "wall_s": 900.0, "last_top1": 21.0},       # equal accuracy: valid
+               "faster": {"done": True, "wall_s": 600.0, "last_top1": 20.99},    # 5x, but less accurate
+               "running": {"done": False, "segments": []}}
+    tta.score_entries(entries)
+    assert entries["fast"]["x_baseline"] == pytest.approx(3000 / 900, abs=1e-3) and entries["fast"]["x_baseline_valid"]
+    assert entries["faster"]["x_baseline"] is None and not entries["faster"]["x_baseline_valid"]
+    assert entries["faster"]["wall_ratio"] == pytest.approx(5.0)
+    assert "x_baseline" not in entries["running"] and "x_baseline" not in entries["baseline"]
+    del entries["baseline"]
+    assert tta.score_entries(entries)["fast"]["x_baseline"] is None  # nothing to compare with
+
+
+def test_time_to_accuracy_counts_a_cut_segment_up_to_its_last_checkpointed_epoch():
+    tta = _time_to_accuracy()
+    # segment 1 was cut by a session end 70 s in, after epochs ending at 30 s and 60 s; segment 2 resumed
+    segments = [{"start": 1000.0, "end": None}, {"start": 5000.0, "end": 5050.0}]
+    epochs = [{"epoch": 1, "time": 1030.0, "val_top1": 5.0, "val_top1_ema": 6.0, "val_n": 10},
+              {"epoch": 2, "time": 1060.0, "val_top1": 7.0, "val_top1_ema": 8.0, "val_n": 10},
+              {"epoch": 3, "time": 5040.0, "val_top1": 9.0, "val_top1_ema": 9.5, "val_n": 10}]
+    assert tta.segment_seconds(segments, [e["time"] for e in epochs]) == [60.0, 50.0]
+    points = tta.curve(segments, epochs, "ema")
+    assert [p["wall_s"] for p in points] == [30.0, 60.0, 100.0]
+    assert [p["top1"] for p in points] == [6.0, 8.0, 9.5]  # the shipped (EMA) weights, never the better one
+    assert [p["top1"] for p in tta.curve(segments, epochs, "raw")] == [5.0, 7.0, 9.0]
+    assert tta.same_machine({"cpu": "x", "cores": 2, "cpu_flags_sha1": "a", "gpu": None, "torch": "2"},
+                            {"cpu": "x", "cores": 2, "cpu_flags_sha1": "b", "gpu": None, "torch": "2"}) is False

@@ -41,7 +41,8 @@ def _lines(run_dir):
 def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
     recipe = _recipe(colour_data)
     run(recipe, tmp_path / "one", console=Q)
-    (tmp_path / "r.py").write_text(recipe.to_text())
+    # TensorBoard on, which only process 0 may write (it changes no results)
+    (tmp_path / "r.py").write_text(dataclasses.replace(recipe, tensorboard=True).to_text())
     two = tmp_path / "two"
     # interrupted after epoch 1, then resumed, under torchrun both times; --nproc starts torchrun
     p = subprocess.run([sys.executable, "-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two),
@@ -58,6 +59,11 @@ def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
     assert [e["epoch"] for e in epochs] == [1, 2]  # one line per epoch: only process 0 writes
     assert all(e["weights_in_sync"] for e in epochs)
     assert all(e["val_n"] == 48 for e in epochs)  # every val sample counted once over both shards
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per launch
+    board = EventAccumulator(str(two / "tensorboard"))
+    board.Reload()
+    assert [(p.step, p.value) for p in board.Scalars("epoch/weights_in_sync")] == [(1, 1.0), (2, 1.0)]
     one_epochs = [line for line in one_lines if line["event"] == "epoch"]
     for a, b in zip(one_epochs, epochs):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
@@ -99,8 +105,14 @@ def test_loader_shards_are_disjoint_and_cover_the_data(colour_data, tmp_path, cp
         assert torch.equal(torch.sort(torch.cat([v0, v1])).values, torch.arange(4).repeat_interleave(12))
 
 
-def test_sync_bn_on_cpu_is_a_clear_error(colour_data, tmp_path):
+def test_sync_bn_across_cpu_processes_is_a_clear_error(colour_data, tmp_path, monkeypatch):
+    """Several CPU processes cannot run SyncBatchNorm; one process (any device) runs plain BN,
+    which tests/test_framework.py's one-process CPU run of a sync_bn recipe covers."""
     import pytest
+
+    from fastvip import distributed
     from fastvip.errors import FastvipError
-    with pytest.raises(FastvipError, match="sync_bn=true needs CUDA"):
+    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Dist(rank=0, world=2), device))
+    with pytest.raises(FastvipError, match="sync_bn=true with 2 CPU processes: SyncBatchNorm needs CUDA"):
         run(_recipe(colour_data, sync_bn=True), tmp_path / "s", console=Q)
+    assert not (tmp_path / "s").exists()  # refused before the run directory is made

@@ -43,6 +43,30 @@ def test_full_framework_logs_every_term_and_predict_applies_fusion(colour_data, 
     assert result["top1"] == pytest.approx(best["top1"], abs=1e-6)
 
 
+def test_2021_recipe_runs_as_is_in_one_cpu_process(colour_data, tmp_path, capsys):
+    """recipes/efficientnet_b2.py (sync_bn, RMSpropTF, two views, SCE + MT + CR + aux) on a laptop:
+    one process on CPU trains with the issue's --set, and reports the last epoch of the
+    weights it declares (the teacher, EMA) apart from the best-of-every-epoch figure."""
+    from fastvip.cli import main
+    out = tmp_path / "b2"
+    rc = main(["run", "recipes/efficientnet_b2.py", "--out", str(out), "--quiet", "--set", "model=resnet18",
+               "epochs=1", "image_size=64", "batch_size=32", f"train_data={colour_data['train']}",
+               f"val_data={colour_data['val']}"])
+    assert rc == 0, capsys.readouterr().err
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["views"] == 2 and lines[0]["world_size"] == 1
+    epoch = lines[-1]
+    assert epoch["event"] == "epoch" and epoch["loss_mt"] > 0 and epoch["loss_cr"] > 0
+    assert (epoch["last_weights"], epoch["last_top1"]) == ("ema", epoch["val_top1_ema"])
+    best = json.loads((out / "best.json").read_text())
+    assert (best["last_epoch"], best["last_weights"], best["last_top1"]) == (1, "ema", epoch["val_top1_ema"])
+    assert (best["last_top1_raw"], best["last_top1_ema"]) == (epoch["val_top1"], epoch["val_top1_ema"])
+    assert best["top1"] == max(epoch["val_top1"], epoch["val_top1_ema"])  # selected on val, kept apart
+    # last.pt holds the declared weights: predicting with them reproduces last_top1
+    result = predict(out, colour_data["val"], weights="last", console=Q)
+    assert result["weights"] == "ema" and result["top1"] == pytest.approx(best["last_top1"], abs=1e-6)
+
+
 def test_two_views_get_the_same_mix_and_independent_augmentation(colour_data):
     from fastvip.loaders import build_loader
     recipe = _recipe(colour_data, auto_augment="autoaugment")
@@ -66,11 +90,11 @@ def test_fusion_is_inference_only_the_teacher_target_is_its_classifier():
     from fastvip.train import train_step
     rng = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=rng)
-    labels = torch.arange(8) % 4
+    labels = torch.arange(8) % 4  # 4 images x 2 views
     results = {}
     for fusion in (0.0, 0.3):
-        recipe = Recipe(model="resnet18", image_size=32, batch_size=8, loss="sce", mt_weight=1.0, aux_weight=0.4,
-                        fusion_weight=fusion, optimizer="sgd", seed=1).validate()
+        recipe = Recipe(model="resnet18", image_size=32, batch_size=4, views=2, loss="sce", mt_weight=1.0,
+                        aux_weight=0.4, fusion_weight=fusion, optimizer="sgd", seed=1).validate()
         torch.manual_seed(0)
         model = build_model(recipe, 4)
         teacher = copy.deepcopy(model).eval()
@@ -91,6 +115,37 @@ def test_fusion_is_inference_only_the_teacher_target_is_its_classifier():
         torch.testing.assert_close(results[0.3][term], results[0.0][term])
 
 
+def test_teacher_sees_the_other_view_and_stays_in_eval_mode():
+    """Mean Teacher on two-view batches (report Fig. 1): the student's row for one view of an
+    image is compared with the teacher's output for the other view of the same image."""
+    from fastvip.losses import consistency_kl
+    from fastvip.model import build_model
+    from fastvip.train import train_step
+    recipe = Recipe(model="resnet18", image_size=32, batch_size=4, views=2, mt_weight=1.0, label_smoothing=0.0,
+                    optimizer="sgd", seed=1).validate()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=gen)  # rows i, i + 4: one image
+    labels = torch.arange(8) % 4
+    torch.manual_seed(0)
+    model = build_model(recipe, 4).train()
+    teacher = copy.deepcopy(model).eval()
+    with torch.no_grad():  # confident targets, so which row the teacher is paired with shows in the loss
+        teacher.backbone.get_classifier().weight.mul_(100.0)
+    before = copy.deepcopy(teacher.state_dict())
+    ctx = StepContext(recipe, torch.device("cpu"), None, 4, teacher=teacher)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    terms = train_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), [(images.clone(), labels)], ctx, 0)
+    x = prepare_batch(images.clone(), labels, ctx, 0)[0]
+    with torch.no_grad():
+        student, target = model(x)["logits"], teacher.outputs(x)["logits"]
+    other = torch.cat([target[4:], target[:4]])
+    torch.testing.assert_close(terms["loss_mt"], consistency_kl(student, other))
+    assert (terms["loss_mt"] - consistency_kl(student, target)).abs() > 0.01  # the same view would differ
+    # the teacher's target is the averaged model as validated: eval mode, BN statistics untouched
+    assert not teacher.training
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
 def test_teacher_is_the_ema_formula():
     torch.manual_seed(0)
     student = torch.nn.Linear(3, 2)
@@ -106,9 +161,15 @@ def test_teacher_is_the_ema_formula():
     assert warm.decay_at(0) == pytest.approx(1 / 10) and warm.decay_at(10**6) == 0.999
 
 
-def test_cr_needs_two_views():
+def test_cr_and_mean_teacher_need_two_views(capsys):
+    from fastvip.cli import main
     from fastvip.errors import FastvipError
     with pytest.raises(FastvipError, match="two-view"):
         Recipe(cr_weight=0.1, views=1).validate()
+    with pytest.raises(FastvipError, match="mt_weight > 0 needs two-view batches"):
+        Recipe(mt_weight=1.0, views=1).validate()
+    for command in ("show", "run"):  # refused where recipes are resolved, before any data is read
+        assert main([command, "recipes/tiny_vipriors_mt.py", "--set", "views=1"]) == 2
+        assert "mt_weight > 0 needs two-view batches (views=2)" in capsys.readouterr().err
     with pytest.raises(FastvipError, match="fusion_weight needs the auxiliary head"):
         Recipe(fusion_weight=0.3).validate()

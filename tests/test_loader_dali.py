@@ -83,6 +83,28 @@ def test_reproducible_and_resumable_order(colour_data):
     assert sum(len(y) for _, y in a) == 96
 
 
+def test_source_orders_each_epoch_once(colour_data, monkeypatch):
+    """The epoch's (P x K) order is computed once, not for every batch; batches are unchanged."""
+    from types import SimpleNamespace
+
+    import fastvip.loaders.dali as dali_mod
+    loader = _loader("dali", colour_data["train"], True, batch_size=8, pk=4)
+
+    def source():
+        return dali_mod.BatchSource(*loader._source_args, base_epoch=0, **loader._source_kw)
+
+    def batch(src, epoch, i):  # crop windows and labels: both follow the order
+        out = src(SimpleNamespace(epoch_idx=epoch, iteration=i))
+        return np.concatenate([np.stack(out[1]).ravel(), np.stack(out[4]).ravel()])
+    fresh = [batch(source(), e, i) for e in (0, 1) for i in range(12)]  # 96 images, 12 batches per epoch
+    calls, real = [], dali_mod.train_order
+    monkeypatch.setattr(dali_mod, "train_order", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    cached = source()
+    batches = [batch(cached, e, i) for e in (0, 1) for i in range(12)]
+    assert calls == [0, 1]
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, batches))
+
+
 def test_parallel_source_workers_match_in_process(colour_data):
     from fastvip.loaders.dali import DALILoader
     common = dict(train=False, batch_size=16, image_size=24, device=CPU, seed=7, workers=2)

@@ -16,7 +16,7 @@ from fastvip.train import run
 from conftest import REPO
 
 Q = Console(quiet=True)
-RECIPES = sorted((REPO / "recipes").glob("*.py"))
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.py") if not p.name.startswith("_"))  # not __init__.py
 
 
 def _recipe(data, **kw) -> Recipe:
@@ -82,6 +82,10 @@ def test_deepblueai_recipes_follow_the_report():
         assert c.mixup_alpha == 0 and c.crop_scale_min == 0.08 and c.warmup_epochs == 1 and c.warmup_lr == 0
         assert math.isclose(c.scaled_lr(), 0.1 * c.batch_size / 256) and len(c.train_files) == 2
     assert (r["resnest101"].image_size, r["resnest101"].batch_size, r["tresnet_xl"].batch_size) == (448, 128, 256)
+    # every model tested at the report's four scales, the 448-px ResNeSt-101 too
+    assert r["tresnet_xl"].tta_scales == r["resnest101"].tta_scales == (224, 320, 380, 448)
+    # the 64-px proxy tests at its own size (larger views only upsample it)
+    assert (r["tiny_vipriors_resnet18"].tta_scales, r["tiny_vipriors_framework"].tencrop_size) == ((64,), 64)
     assert r["seresnext101"].batch_size == 128
     for name, base, term in [("resnest101_triplet", "resnest101", "triplet"),
                              ("resnest101_arcface", "resnest101", "arcface"),
@@ -100,11 +104,12 @@ def test_attract_repulse_recipes_follow_the_report():
     assert (base.warmup_epochs, base.warmup_lr, base.weight_decay, base.epochs, base.image_size) == (3, 1e-6, 1e-5, 460, 320)
     assert (base.drop_rate, base.mixup_alpha, base.cutmix_alpha, base.auto_augment) == (0.3, 0.5, 1.0, "autoaugment")
     assert base.random_erasing > 0 and base.label_smoothing > 0 and base.sync_bn
+    assert base.opt_eps == 1e-3 and base.tencrop_size == 448  # timm's EfficientNet epsilon; TenCrop at 448
     # Table 3: each row adds one technique to the previous one
     chain = ["efficientnet_b2_strong_baseline", "efficientnet_b2_sce", "efficientnet_b2_mt", "efficientnet_b2_cr",
              "efficientnet_b2_aux", "efficientnet_b2"]
-    added = [{"loss", "sce_alpha", "sce_beta"}, {"mt_weight", "mt_rampup_epochs", "ema_decay"},
-             {"views", "cr_weight", "cr_tau", "cr_delta"}, {"aux_weight", "aux_stage"}, {"fusion_weight"}]
+    added = [{"loss", "sce_alpha", "sce_beta"}, {"views", "mt_weight", "mt_rampup_epochs", "ema_decay"},
+             {"cr_weight", "cr_tau", "cr_delta"}, {"aux_weight", "aux_stage"}, {"fusion_weight"}]
     for (a, b), fields in zip(zip(chain, chain[1:]), added):
         diff = {k for k, v in r[a].to_dict().items() if r[b].to_dict()[k] != v} - {"description"}
         assert diff <= fields and diff, (b, diff)
@@ -118,6 +123,8 @@ def test_attract_repulse_recipes_follow_the_report():
                  "resnet152", "seresnet152"):
         assert r[name].cr_weight == full.cr_weight and len(r[name].train_files) == 2
     assert r["efficientnet_b7_448"].image_size == 448 and r["efficientnet_b7_448"].epochs == 460
+    assert {r[n].tencrop_size for n in ("efficientnet_b2", "efficientnet_b7", "efficientnet_b7_448")} == {448}
+    assert all(r[n].views == 2 for n in r if r[n].mt_weight > 0)  # the teacher sees the other view
     ft = r["efficientnet_b7_448_finetune"]
     assert ft.image_size == 448 and ft.epochs < 50 and ft.init_from == "runs/efficientnet_b7"
     for name in ("table1_resnet50", "table1_resnext101_32x4d", "table1_swin", "table1_efficientnet_b4"):

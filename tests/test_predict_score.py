@@ -6,23 +6,13 @@ from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 from fastvip.predict import predict, read_submission, score, write_submission
-from fastvip.recipe import Recipe
-from fastvip.train import run
 
 Q = Console(quiet=True)
 
 
-@pytest.fixture(scope="module")
-def trained(colour_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pred") / "run"
-    r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
-               image_size=24, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5, crop_scale_min=0.3,
-               workers=2, ema=True, ema_decay=0.9, channels_last="on")  # the channels-last path end to end
-    run(r, run_dir, console=Q)
-    import json
-    start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["channels_last"] is True
-    return run_dir
+@pytest.fixture
+def trained(trained_run):
+    return trained_run
 
 
 def test_predict_val_matches_training_eval_and_writes_npz(trained, colour_data, tmp_path):

@@ -13,6 +13,10 @@ def test_overrides_are_typed():
     assert got == {"epochs": 3, "lr": 1e-3, "ema": True, "model": "resnet18",
                    "train_data": ["a.beton", "b.beton"]}
     assert parse_overrides(["train_data=t.beton", "compile=0"]) == {"train_data": "t.beton", "compile": False}
+    # optional fields: a tuple of ints, an int, a float, and none for unset
+    assert parse_overrides(["tta_scales=224,320", "tencrop_size=448", "opt_eps=1e-3"]) == \
+        {"tta_scales": (224, 320), "tencrop_size": 448, "opt_eps": 1e-3}
+    assert parse_overrides(["tta_scales=64", "tencrop_size=none"]) == {"tta_scales": (64,), "tencrop_size": None}
 
 
 @pytest.mark.parametrize("pair,message", [
@@ -21,6 +25,8 @@ def test_overrides_are_typed():
     ("lr=fast", "'lr' expects float"),
     ("ema=maybe", "'ema' expects bool"),
     ("noequals", "expects key=value"),
+    ("tta_scales=224,big", "'tta_scales' expects comma-separated ints or none"),
+    ("opt_eps=tiny", "'opt_eps' expects float or none"),
 ])
 def test_override_errors(pair, message):
     with pytest.raises(FastvipError, match=message):
@@ -34,7 +40,10 @@ def test_unknown_key_names_closest_field():
 
 
 def test_validation_rejects_impossible_values():
-    for kw, msg in [(dict(epochs=0), "epochs"), (dict(amp="fp8"), "amp"), (dict(crop_scale_min=0), "crop_scale_min")]:
+    for kw, msg in [(dict(epochs=0), "epochs"), (dict(amp="fp8"), "amp"), (dict(crop_scale_min=0), "crop_scale_min"),
+                    (dict(tta_scales=(224, 4)), "tta_scales"), (dict(tta_scales=()), "tta_scales"),
+                    (dict(tencrop_size=0), "tencrop_size"), (dict(opt_eps=0.0), "opt_eps"),
+                    (dict(opt_eps=1e-3, optimizer="sgd"), "sgd has no epsilon")]:
         with pytest.raises(FastvipError, match=msg):
             dataclasses.replace(Recipe(), **kw).validate()
 
@@ -57,6 +66,11 @@ def test_text_and_json_round_trip(tmp_path):
     assert load_recipe(p) == r
     assert from_dict(json.loads(json.dumps(r.to_dict()))) == dataclasses.replace(r, train_data=["a", "b"])
     assert r.train_files == ["a", "b"]
+    assert r.tta_scales == (224, 320, 380, 448)  # a JSON list back as the recipe's tuple (the equality above)
+    # recipe.json of a run made before the test-time and epsilon fields: their defaults, today's behaviour
+    old = {k: v for k, v in r.to_dict().items() if k not in ("tta_scales", "tencrop_size", "opt_eps")}
+    loaded = from_dict(json.loads(json.dumps(old)))
+    assert (loaded.tta_scales, loaded.tencrop_size, loaded.opt_eps) == (None, None, None)
 
 
 def test_bad_recipe_files(tmp_path):

@@ -86,6 +86,27 @@ def test_optimizer_impl(optimizer):
             Recipe(optimizer=optimizer, optimizer_impl="fused").validate()
 
 
+def test_opt_eps_reaches_the_optimiser():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert _optimizer(model, Recipe(optimizer="rmsproptf", opt_eps=1e-3), CPU).defaults["eps"] == 1e-3
+    assert _optimizer(model, Recipe(optimizer="adamw", opt_eps=1e-6), CPU).defaults["eps"] == 1e-6
+    assert _optimizer(model, Recipe(optimizer="rmsproptf"), CPU).defaults["eps"] == 1e-10  # unset: timm's own
+
+
+def test_rmsproptf_without_foreach_argument(monkeypatch):
+    """timm releases whose RMSpropTF takes no ``foreach``: auto leaves it out, an explicit choice is refused."""
+    import fastvip.train as train_mod
+
+    class OldRMSpropTF(torch.optim.Optimizer):
+        def __init__(self, params, lr=0.01, alpha=0.9, eps=1e-10, weight_decay=0, momentum=0.0):
+            super().__init__(params, {"lr": lr})
+    assert optimizer_impl(Recipe(optimizer="rmsproptf"), CUDA) == "foreach"  # this timm takes it
+    monkeypatch.setattr(train_mod, "_optimizer_class", lambda name: OldRMSpropTF)
+    assert optimizer_impl(Recipe(optimizer="rmsproptf"), CUDA) == "default"
+    with pytest.raises(FastvipError, match="optimizer_impl=foreach: OldRMSpropTF of timm .* has no foreach"):
+        _optimizer(torch.nn.Linear(2, 2), Recipe(optimizer="rmsproptf", optimizer_impl="foreach"), CPU)
+
+
 def test_timm_reference_step_is_the_same_computation():
     """fastvip's plain step and timm's train.py step, same seed and batch: same weights after
     two steps, so the benchmark's x_timm compares equal work."""

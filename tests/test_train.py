@@ -38,9 +38,16 @@ def test_two_epochs_learn_the_easy_set(colour_data, tmp_path):
     assert epochs[-1]["val_top1"] >= 70.0
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert summary["best_top1"] == max(max(e["val_top1"], e["val_top1_ema"]) for e in epochs)
+    # the figure to compare: the last epoch of the declared weights (ema=true: EMA), not the best of all
+    last = {"last_epoch": 2, "last_weights": "ema", "last_top1": epochs[-1]["val_top1_ema"],
+            "last_top1_raw": epochs[-1]["val_top1"], "last_top1_ema": epochs[-1]["val_top1_ema"]}
+    assert {k: summary[k] for k in last} == last
+    assert (epochs[-1]["last_top1"], epochs[-1]["last_weights"]) == (last["last_top1"], "ema")
+    assert "last_top1" not in epochs[0]  # only the schedule's final epoch line carries it
     run_dir = tmp_path / "r"
     assert (run_dir / "recipe.json").is_file() and (run_dir / "recipe.py").is_file()
-    assert json.loads((run_dir / "best.json").read_text())["weights"] in ("raw", "ema")
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["weights"] in ("raw", "ema") and {k: best[k] for k in last} == last
     assert json.loads((run_dir / "recipe.json").read_text())["model"] == "test_resnet"
 
 

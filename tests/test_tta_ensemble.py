@@ -59,21 +59,43 @@ def trained(colour_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tta") / "run"
     run(Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
                image_size=24, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5, crop_scale_min=0.3,
-               workers=2).validate(), run_dir, console=Q)
+               workers=2, tta_scales=(16, 20), tencrop_size=28).validate(), run_dir, console=Q)
     return run_dir
 
 
-@pytest.mark.parametrize("tta,views_size", [("multiscale", [24, 32]), ("tencrop", 40)])
-def test_predict_with_tta_records_it(trained, colour_data, tmp_path, tta, views_size):
-    kw = {"scales": views_size} if tta == "multiscale" else {"tencrop_size": views_size}
+def test_tta_sizes_come_from_the_recipe():
+    from fastvip.recipe import Recipe
+    from fastvip.tta import tta_sizes
+    # unset (a custom recipe, or a run saved before the fields existed): derived from image_size
+    assert tta_sizes(Recipe(image_size=320)) == ([320, 457, 543, 640], 640)
+    report = Recipe(image_size=448, tta_scales=(224, 320, 380, 448), tencrop_size=448)
+    assert tta_sizes(report) == ([224, 320, 380, 448], 448)
+    assert tta_sizes(report, [64, 96], 100) == ([64, 96], 100)  # --scales / --tencrop-size win
+
+
+# the trained recipe says tta_scales=(16, 20), tencrop_size=28 (unset: 24 x (1, 320/224, ...), 48)
+@pytest.mark.parametrize("tta,override,sizes", [("multiscale", None, [16, 20]), ("multiscale", [24, 32], [24, 32]),
+                                                ("tencrop", None, [28]), ("tencrop", 40, [40])])
+def test_predict_views_take_the_recipe_sizes_unless_overridden(trained, colour_data, tmp_path, monkeypatch, tta,
+                                                               override, sizes):
+    import fastvip.predict as predict_mod
+    seen, real_plan = set(), predict_mod.plan
+
+    def spy(*args, **kw):
+        views = real_plan(*args, **kw)
+        seen.update(v.size for v in views)
+        return views
+    monkeypatch.setattr(predict_mod, "plan", spy)
+    kw = {"scales" if tta == "multiscale" else "tencrop_size": override}
     res = predict(trained, colour_data["val"], tta=tta, out=tmp_path / "p.npz", console=Q, **kw)
+    assert seen == set(sizes)
     z = np.load(tmp_path / "p.npz")
     assert str(z["tta"]) == tta and z["probs"].shape == (48, 4)
     np.testing.assert_allclose(z["probs"].astype(np.float32).sum(1), 1.0, atol=5e-3)
     if tta == "multiscale":
-        assert z["tta_scales"].tolist() == [24, 32]
+        assert z["tta_scales"].tolist() == sizes
     else:
-        assert int(z["tta_tencrop_size"]) == 40
+        assert [int(z["tta_tencrop_size"])] == sizes
     assert res["top1"] > 25.0 and res["img_per_s"] > 0
 
 
