@@ -9,6 +9,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -23,10 +24,13 @@ def temp_path_for(target: str | os.PathLike) -> Path:
 
 
 def remove_stale_temps(target: str | os.PathLike) -> list[str]:
-    """Delete temp files an interrupted writer of ``target`` left behind."""
+    """Delete the temp files (or folders) an interrupted writer of ``target`` left behind."""
     target = Path(target)
     stale = glob.glob(str(target.parent / f".{glob.escape(target.name)}.tmp-*"))
     for path in stale:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
     return stale

@@ -9,7 +9,6 @@ Heads timm lacks are converted or left out (see :func:`timm_model`); ``config.js
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import tempfile
@@ -133,12 +132,6 @@ def _check_out(out: Path, ckpt_path: Path, force: bool) -> None:
                            f"{' and '.join(EXPORT_FILES)}); remove it yourself")
 
 
-def _remove_stale(out: Path) -> None:
-    """Folders an interrupted export of ``out`` left behind."""
-    for path in glob.glob(str(out.parent / f".{glob.escape(out.name)}.tmp-*")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _commit_dir(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` to ``out``, replacing an old export there."""
     for f in tmp.iterdir():
@@ -195,7 +188,7 @@ def export(run_or_ckpt, out_dir, *, weights: str = "best", force: bool = False,
                            "a centre crop) cuts the same window, resampled slightly differently", **notes}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
+    atomic.remove_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         try:
