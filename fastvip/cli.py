@@ -32,8 +32,13 @@ def cmd_run(args) -> int:
     out = args.out or recipe.out or os.path.join("runs", Path(args.recipe).stem)
     if args.nproc and args.nproc > 1 and not launched_by_torchrun():
         return _torchrun(args, out)
+    from .stop import EXIT_TEMPFAIL, RunStopped
     from .train import run
-    run(recipe, out, resume=args.resume, console=_console(args), stop_after=args.stop_after)
+    try:
+        run(recipe, out, resume=args.resume, console=_console(args), stop_after=args.stop_after)
+    except RunStopped as e:
+        print(f"fastvip run: {e}; continue with: fastvip run {args.recipe} --out {out} --resume", file=sys.stderr)
+        return EXIT_TEMPFAIL
     return 0
 
 
@@ -48,7 +53,12 @@ def _torchrun(args, out: str) -> int:
             if on]
     if args.stop_after:
         cmd += ["--stop-after", str(args.stop_after)]
-    return subprocess.run(cmd).returncode
+    from .stop import forward_to_workers, stopped_run
+    proc = subprocess.Popen(cmd)
+    with forward_to_workers(proc):
+        rc = proc.wait()
+    # workers that stopped for a signal exit 75 each, which torchrun reports as a failure
+    return 75 if rc and stopped_run(Path(out)) else rc
 
 
 def cmd_split(args) -> int:
@@ -67,7 +77,7 @@ def cmd_predict(args) -> int:
     console = _console(args)
     r = predict(args.run, args.data, weights=args.weights, tta=args.tta, out=args.out,
                 submission=args.submission, batch_size=args.batch_size, scales=args.scales,
-                tencrop_size=args.tencrop_size, console=console)
+                tencrop_size=args.tencrop_size, size=args.size, console=console)
     if r["top1"] is not None:
         console.print(f"top1 {r['top1']:.2f}% on {r['n']} images")
     for key in ("out", "submission"):
@@ -237,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "unset: train size x 1, 320/224, 380/224, 448/224)")
     p.add_argument("--tencrop-size", type=int, default=None,
                    help="tencrop view size (default: the recipe's tencrop_size; unset: 2 x train size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="--tta none|flip view size (default: the recipe's eval_size; unset: its image_size)")
     p.add_argument("--out", default=None, help="probabilities .npz (default: RUN_DIR/predictions/)")
     p.add_argument("--submission", default=None, help="write a VIPriors submission CSV")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size")

@@ -22,7 +22,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD
 from .console import Console
 from .errors import FastvipError
 from .model import build_model, find_weights, inference_weights, load_checkpoint
-from .recipe import Recipe, from_dict
+from .recipe import Recipe, eval_resolution, from_dict
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 # pretrained_cfg fields that describe timm's own published weights, not the ones exported here
@@ -32,8 +32,10 @@ _SOURCE_FIELDS = ("tag", "license", "description", "origin_url", "paper_name", "
 
 
 def data_config(recipe: Recipe) -> dict:
-    """fastvip's eval preprocessing in timm's terms (mean/std on timm's 0-1 pixel scale)."""
-    return {"input_size": (3, recipe.image_size, recipe.image_size), "crop_pct": recipe.eval_crop,
+    """fastvip's eval preprocessing in timm's terms (mean/std on timm's 0-1 pixel scale); the input
+    size is the one fastvip validates at (``eval_size``, else ``image_size``)."""
+    size = eval_resolution(recipe)
+    return {"input_size": (3, size, size), "crop_pct": recipe.eval_crop,
             "crop_mode": "center", "interpolation": "bilinear",
             "mean": tuple(round(m / 255, 6) for m in IMAGENET_MEAN),
             "std": tuple(round(s / 255, 6) for s in IMAGENET_STD)}
@@ -174,17 +176,18 @@ def export(run_or_ckpt, out_dir, *, weights: str = "best", force: bool = False,
         raise FastvipError(f"{ckpt_path}: the weights do not fit its recipe's model "
                            f"({str(e).splitlines()[0]})") from None
     model, notes = timm_model(net, recipe, len(classes))
-    check_same_outputs(net, model, recipe.image_size)
+    check_same_outputs(net, model, eval_resolution(recipe))
     # config.json describes these weights and their preprocessing, not timm's published ones
     # (set on the model rather than passed as save_for_hf's data_config, which older timm lacks)
     cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_FIELDS}
-    if tuple(cfg.get("input_size", ())[1:]) != (recipe.image_size,) * 2:
+    if tuple(cfg.get("input_size", ())[1:]) != (eval_resolution(recipe),) * 2:
         cfg["pool_size"] = None  # timm's value is for its default input size
     model.pretrained_cfg = {**cfg, **data_config(recipe), "num_classes": len(classes)}
     info = {"version": __version__, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"),
-            "weights": which, "image_size": recipe.image_size, "eval_crop": recipe.eval_crop,
+            "weights": which, "image_size": recipe.image_size, "eval_size": eval_resolution(recipe),
+            "eval_crop": recipe.eval_crop,
             "resize_note": "fastvip evaluates the centred square of eval_crop x the shorter side, resized to "
-                           "image_size; timm's transform (shorter side to image_size / crop_pct, bilinear, then "
+                           "eval_size; timm's transform (shorter side to image_size / crop_pct, bilinear, then "
                            "a centre crop) cuts the same window, resampled slightly differently", **notes}
 
     out.parent.mkdir(parents=True, exist_ok=True)

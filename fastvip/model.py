@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,11 +95,29 @@ def save_checkpoint(path: Path, payload: dict) -> None:
             time.sleep(delay)
 
 
+TRUST_ENV = "FASTVIP_TRUST_CHECKPOINTS"
+
+
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint without executing anything in it (``torch.load(weights_only=True)``:
+    tensors and plain Python values only). A file that needs more (a checkpoint of an older fastvip
+    kept numpy RNG state as an array; or a crafted file) is a one-line error; with
+    ``FASTVIP_TRUST_CHECKPOINTS=1`` a file you trust is read the unsafe way, with a warning."""
+    trusted = os.environ.get(TRUST_ENV, "") not in ("", "0")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle at all, or a broken one
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise FastvipError(f"{path} is not a readable checkpoint: UnpicklingError: {first}") from None
+        raise FastvipError(f"{path} holds objects other than tensors and plain values"
+                           f" ({found.group(1)}), and loading them could run code; "
+                           f"if you trust the file (an older fastvip checkpoint), set {TRUST_ENV}=1") from None
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
         raise FastvipError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from None
+    if trusted:
+        warnings.warn(f"{TRUST_ENV}=1: {path} was read with full unpickling (it can run code)", stacklevel=2)
     if not isinstance(ckpt, dict) or not ({"model", "inference"} & ckpt.keys()):
         raise FastvipError(f"{path} is not a fastvip checkpoint")
     return ckpt

@@ -28,11 +28,12 @@ SUBMISSION_HEADER = ("Image IDs", "Predictions")
 
 def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=None,
             submission=None, batch_size: int | None = None, scales: list[int] | None = None,
-            tencrop_size: int | None = None, console: Console | None = None) -> dict:
+            tencrop_size: int | None = None, size: int | None = None, console: Console | None = None) -> dict:
     """Class probabilities for every sample of ``data``; optionally a submission CSV.
 
-    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop at the
-    recipe's eval resolution (so ``none`` reproduces the validation top-1); ``multiscale`` and
+    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop at ``size``,
+    by default the recipe's ``eval_size`` (else ``image_size``: so ``none`` reproduces the validation
+    top-1); ``multiscale`` and
     ``tencrop`` decode each image once and cut all views on the device, at ``scales`` /
     ``tencrop_size`` if given, else the recipe's ``tta_scales`` / ``tencrop_size``.
     """
@@ -52,7 +53,9 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     scales, tencrop_size = tta_sizes(recipe, scales, tencrop_size)
     scales = scales if tta == "multiscale" else None
     tencrop_size = tencrop_size if tta == "tencrop" else None
-    size = eval_resolution(recipe)
+    if size is not None and size < 8:
+        raise FastvipError(f"--size must be >= 8 (got {size})")
+    size = size or eval_resolution(recipe)
     if tta in ("multiscale", "tencrop"):
         from fastvip.loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
         loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=size,
@@ -95,7 +98,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     if len(probs) != packed.num_samples:
         raise FastvipError(f"predicted {len(probs)} samples but {data} holds {packed.num_samples}")
 
-    result = {"n": len(probs), "img_per_s": len(probs) / seconds, "weights": which,
+    result = {"n": len(probs), "img_per_s": len(probs) / seconds, "weights": which, "size": size,
               "checkpoint": os.fspath(ckpt_path), "top1": None}
     if packed.labelled:
         result["top1"] = 100.0 * float((probs.argmax(1) == packed.labels).mean())
@@ -108,7 +111,8 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     if submission is not None:
         write_submission(submission, packed.ids, probs.argmax(1))
         result["submission"] = os.fspath(submission)
-    console.log(f"predict: {len(probs)} images at {result['img_per_s']:,.0f} img/s ({which} weights, tta {tta})")
+    at = f", {size} px" if tta in ("none", "flip") else ""
+    console.log(f"predict: {len(probs)} images at {result['img_per_s']:,.0f} img/s ({which} weights, tta {tta}{at})")
     return result
 
 

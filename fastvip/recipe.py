@@ -35,7 +35,12 @@ class Recipe:
     train_data: str | list[str] = ""   # packed file, or a list merged once into <a>+<b>.beton beside the first
     val_data: str = ""                  # packed file for validation; empty = no validation
     loader: str = "ffcv"                # "ffcv" or "dali"
-    image_size: int = 224               # train crop and eval size
+    image_size: int = 224               # train crop size (the last one, with progressive resizing)
+    eval_size: int = 0                  # val and predict --tta none|flip size; 0 = image_size
+    res_start: int = 0                  # progressive resizing: train size up to res_ramp_start; 0 = off
+    res_ramp_start: int = 0             # epoch (from 0) at which the size starts to grow from res_start
+    res_ramp_end: int = 0               # epoch from which the size is image_size (linear in between)
+    res_multiple: int = 32              # sizes inside the ramp are rounded to a multiple of this
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
     tta_scales: tuple[int, ...] | None = None  # predict --tta multiscale sizes; None = image_size x (1, 320/224, 380/224, 448/224)
@@ -101,6 +106,7 @@ class Recipe:
     init_recipe: str = ""               # the recipe that trains init_from (named when it is missing)
     seed: int = 0                       # weights init, order, crops and flips
     out: str = ""                       # run directory; empty = runs/<recipe file name>
+    checkpoint_minutes: float = 0.0     # also write a resumable mid-epoch checkpoint this often; 0 = at epoch ends only
     tensorboard: bool = False           # also write TensorBoard scalars to <run dir>/tensorboard/ (pip install 'fastvip[tensorboard]')
     description: str = ""               # one line for `fastvip recipes` (default: the docstring)
 
@@ -147,6 +153,11 @@ class Recipe:
             (self.lr_batch >= 1, "lr_batch must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.image_size >= 8, "image_size must be >= 8"),
+            (self.eval_size == 0 or self.eval_size >= 8, "eval_size must be >= 8 (or 0 = image_size)"),
+            (self.res_start == 0 or self.res_start >= 8, "res_start must be >= 8 (or 0 = no progressive resizing)"),
+            (self.res_multiple >= 1, "res_multiple must be >= 1"),
+            (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0 = at epoch ends only)"),
+            (0 <= self.res_ramp_start <= self.res_ramp_end, "res_ramp_start must be in [0, res_ramp_end]"),
             (0 < self.eval_crop <= 1, "eval_crop must be in (0, 1]"),
             (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -206,8 +217,22 @@ FIELD_TYPES = typing.get_type_hints(Recipe)
 
 
 def eval_resolution(recipe: Recipe) -> int:
-    """The size a recipe is evaluated at (``predict --tta none|flip``)."""
-    return recipe.image_size  # the one place a separate eval size would take over
+    """The size a recipe is validated at, and predicted at with ``--tta none|flip``."""
+    return recipe.eval_size or recipe.image_size
+
+
+def train_resolution(recipe: Recipe, epoch: int) -> int:
+    """The train crop size of ``epoch`` (from 0): ``image_size``, or the progressive-resizing ramp."""
+    from .schedule import resolution_at
+    if not recipe.res_start:
+        return recipe.image_size
+    return resolution_at(epoch, recipe.res_start, recipe.image_size, recipe.res_ramp_start, recipe.res_ramp_end,
+                         recipe.res_multiple)
+
+
+def max_train_resolution(recipe: Recipe) -> int:
+    """The largest train crop over the schedule (what a train loader allocates for)."""
+    return max(recipe.image_size, recipe.res_start)
 
 
 def field_names() -> list[str]:

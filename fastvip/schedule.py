@@ -15,3 +15,18 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float,
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def resolution_at(epoch: int, start_size: int, end_size: int, ramp_start: int, ramp_end: int,
+                  multiple: int = 32) -> int:
+    """Progressive resizing (FFCV's ImageNet recipes): ``start_size`` up to epoch ``ramp_start``,
+    then linear in the epoch to ``end_size`` at ``ramp_end`` and after, sizes on the way rounded to a
+    ``multiple`` and kept between the two ends. Epochs count from 0."""
+    if epoch <= ramp_start:
+        return start_size
+    if epoch >= ramp_end:
+        return end_size
+    t = (epoch - ramp_start) / (ramp_end - ramp_start)
+    size = int(round((start_size + t * (end_size - start_size)) / multiple)) * multiple
+    lo, hi = sorted((start_size, end_size))
+    return min(hi, max(lo, size))

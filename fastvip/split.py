@@ -444,15 +444,33 @@ def _tiny_test(root: Path, classes: set[str], plan: Plan) -> None:
 
 # ---------------------------------------------------------------- pickles
 
+# what the toolkit's lists may hold besides containers, strings and numbers (which need no
+# lookup): sets, paths, and the bytes of Python 2 pickles; nothing that runs code
+_PICKLE_ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("_codecs", "encode"),
+                   ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any other class or function is refused before it is looked up."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, and only plain lists, dicts, "
+                                     "strings and numbers are read")
+
+
 def _load_pickle(path: Path):
     if not path.is_file():
         raise FastvipError(f"{path} does not exist (--pickles needs train.pickle, val.pickle, test.pickle)")
     for encoding in ("ASCII", "latin1"):  # latin1: pickles written by Python 2
         try:
             with open(path, "rb") as f:
-                return pickle.load(f, encoding=encoding)
+                return _PlainUnpickler(f, encoding=encoding).load()
         except UnicodeDecodeError:
             continue
+        except pickle.UnpicklingError as e:
+            raise FastvipError(f"cannot read {path} as a pickle: {e}") from None
         except Exception as e:  # noqa: BLE001 - unpickling raises many kinds for a bad file
             raise FastvipError(f"cannot read {path} as a pickle: {type(e).__name__}: {e}") from None
     raise FastvipError(f"cannot read {path} as a pickle: undecodable strings")

@@ -46,6 +46,8 @@ from .net import adapt_init_weights
 from .pack import check_label_indices, merge, merged_path
 from .objective import loss_terms
 from .recipe import Recipe
+from .runlock import RunLock
+from .stop import RunStopped, Stopper
 from .schedule import lr_at
 
 
@@ -59,7 +61,11 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
     """
     ddp, device = distributed.setup(resolve_device(recipe.device))
     try:
-        return _run(recipe, Path(run_dir), resume, console or Console(), stop_after, ddp, device)
+        _check_setting(recipe, ddp, device)
+        with contextlib.ExitStack() as hold:
+            if ddp.main:  # one writer per run directory, before anything in it is written
+                hold.enter_context(RunLock(Path(run_dir)))
+            return _run(recipe, Path(run_dir), resume, console or Console(), stop_after, ddp, device)
     finally:
         distributed.teardown()
 
@@ -68,12 +74,6 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
          ddp: distributed.Dist, device: torch.device) -> dict:
     if not ddp.main:
         console = Console(quiet=True)
-    # one process keeps plain BatchNorm (SyncBN there would be a no-op), so only several CPU
-    # processes are refused: torch's SyncBatchNorm runs on GPUs only
-    if recipe.sync_bn and ddp.world > 1 and device.type != "cuda":
-        raise FastvipError(f"sync_bn=true with {ddp.world} CPU processes: SyncBatchNorm needs CUDA devices; "
-                           "set sync_bn=false or run one process")
-    tensorboard.check(recipe)
     amp = amp_dtype(recipe.amp, device)
     channels_last, channels_last_why = use_channels_last(recipe, device)
     ckpt = _open_run_dir(run_dir, recipe, resume, console, write=ddp.main)
@@ -91,10 +91,11 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             merge(files, console=console)
         distributed.barrier()
         files = [os.fspath(merged_path(files))]
-    common = {"image_size": recipe.image_size, "device": device, "seed": recipe.seed, "workers": recipe.workers,
+    common = {"device": device, "seed": recipe.seed, "workers": recipe.workers,
               "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0)}
     train_loader = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
-                                auto_augment=recipe.auto_augment, views=recipe.views, pk=recipe.pk_samples, **common)
+                                image_size=recipe_mod.max_train_resolution(recipe), auto_augment=recipe.auto_augment,
+                                views=recipe.views, pk=recipe.pk_samples, **common)
     classes = train_loader.classes
     if not classes:
         raise FastvipError(f"{files[0]} is unlabelled; training needs class folders")
@@ -105,7 +106,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     val_loader = None
     if recipe.val_data:
         val_loader = build_loader(recipe.loader, recipe.val_data, train=False,
-                                  batch_size=max(1, recipe.batch_size // ddp.world), **common)
+                                  batch_size=max(1, recipe.batch_size // ddp.world),
+                                  image_size=recipe_mod.eval_resolution(recipe), **common)
         if not val_loader.packed.sidecar:  # written by FFCV's own tools: its labels index the classes
             check_label_indices(val_loader.packed, classes, files[0])
         elif val_loader.classes != classes:
@@ -156,7 +158,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             "device": str(device), "model": recipe.model, "resumed_from_epoch": start_epoch if ckpt else None,
             "num_classes": len(classes), "num_train": train_loader.num_samples * ddp.world,
             "num_val": val_loader.packed.num_samples if val_loader else 0, "batch_size": recipe.batch_size,
-            "grad_accum": recipe.grad_accum, "views": recipe.views,
+            "grad_accum": recipe.grad_accum, "views": recipe.views, "eval_size": recipe_mod.eval_resolution(recipe),
             "peak_lr": peak_lr, "amp": amp_name(amp),
             "channels_last": channels_last, "optimizer_impl": optimizer_impl(recipe, device),
             "os_cache": getattr(train_loader, "os_cache", None)})
@@ -170,93 +172,123 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     t_run = time.perf_counter()
     rates, nonfinite = [], 0
     images_per_step = recipe.batch_size * recipe.views
-    for epoch in range(start_epoch, recipe.epochs):
-        train_loader.set_epoch(epoch)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        done, skipped, t0 = 0, 0, time.perf_counter()
-        with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * images_per_step) as bar:
-            batches = iter(train_loader)
-            for _ in range(steps_per_epoch):
-                lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # micro-batches are fetched one at a time: a loader may reuse a batch's buffer
-                # once the next one is fetched, so none is held across a fetch
-                micro = itertools.islice(batches, recipe.grad_accum)
-                terms = train_step(forward, optimizer, scaler, micro, ctx, step, n=recipe.grad_accum,
-                                   mt_ramp=losses.rampup(step, rampup_steps))
-                step += 1
-                if terms is None:
-                    nonfinite += 1
-                    skipped += 1
-                    if nonfinite > recipe.max_nonfinite_steps:
-                        raise FastvipError(
-                            f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
-                            f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, "
-                            f"{_last_good(run_dir)}")
-                    continue
-                if ema is not None:
-                    ema.update(model, step - 1)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach()
-                done += 1
-                if step % 10 == 0 or done == steps_per_epoch:
-                    loss = terms["train_loss"].item()
-                    bar.advance((done + skipped) * images_per_step - bar.done, step=step,
-                                loss=f"{loss:.3f}", lr=f"{lr:.4g}")
-                    board.step(step, loss, lr)
-            for _ in batches:  # fewer than grad_accum left over: let the loader finish its epoch
-                pass
-        train_time = time.perf_counter() - t0
-        rates.append(done * images_per_step / train_time)
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise FastvipError(f"weights became NaN/inf in epoch {epoch + 1} (lower lr?); {_last_good(run_dir)}")
 
-        line = {"event": "epoch", "epoch": epoch + 1}
-        line.update(_epoch_means(sums, done, ddp.world, device))
-        line["nonfinite_steps"] = skipped
-        if ddp.world > 1:
-            line["weights_in_sync"] = _weights_in_sync(model, device)
-            if not line["weights_in_sync"]:
-                raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
-        scores = {}
-        if val_loader is not None:
-            scores["raw"] = evaluate(model, val_loader, device, amp, channels_last)
-            line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
-            if ema is not None:
-                scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
-                line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
-        line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0,
-                    time=time.time())  # wall clock: benchmarks place each epoch on a time axis
+    def state(epoch_done: int, mid_epoch: dict | None = None) -> dict:
+        """Everything --resume needs, after ``epoch_done`` whole epochs (and ``mid_epoch`` of the next)."""
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema else None, "step": step, "epoch": epoch_done, "best": best,
+                "last": last, "rng": _rng_state(), "recipe": recipe.to_dict(), "classes": classes,
+                "mid_epoch": mid_epoch,
+                # last.pt recommends the declared weights; best.pt the val-selected ones
+                "inference": (ema.module if shipped == "ema" else model).state_dict(), "weights": shipped}
 
-        weights = max(scores, key=lambda k: scores[k]["top1"]) if scores else shipped
-        top1 = scores[weights]["top1"] if scores else None
-        improved = best["top1"] is None or (top1 is not None and top1 > best["top1"])
-        if improved:
-            best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
-        # the figure to report: the declared weights at the latest epoch, no choice made on val
-        last = _last_scores(scores, shipped, epoch + 1)
-        if epoch + 1 == recipe.epochs:
-            line.update(last_top1=last["last_top1"], last_weights=shipped)
-        if ddp.main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
-                     "step": step, "epoch": epoch + 1, "best": best, "last": last, "rng": _rng_state(),
-                     "recipe": recipe.to_dict(), "classes": classes,
-                     # last.pt recommends the declared weights; best.pt the val-selected ones
-                     "inference": (ema.module if shipped == "ema" else model).state_dict(), "weights": shipped}
-            if improved:
-                save_checkpoint(run_dir / "best.pt", {
-                    "inference": (ema.module if weights == "ema" else model).state_dict(), "weights": weights,
-                    **{k: state[k] for k in ("epoch", "recipe", "classes")}})
-            atomic.write_json(run_dir / "best.json", {**best, **last})
-            save_checkpoint(run_dir / "last.pt", state)
-            metrics_log.append(metrics, line)
-            board.epoch(line)
-        console.log(_epoch_text(line, recipe.epochs))
-        if stop_after is not None and epoch + 1 >= stop_after:
-            break
+    stopper = Stopper(recipe.checkpoint_minutes, ddp.world, device)
+    mid = ckpt.get("mid_epoch") if ckpt else None  # resumed inside an epoch: skip its first steps
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            size = recipe_mod.train_resolution(recipe, epoch)  # progressive resizing: a function of the epoch
+            first = mid["steps"] if mid else 0
+            train_loader.set_epoch(epoch, image_size=size, start_batch=first * recipe.grad_accum)
+            model.train()
+            sums = {k: torch.tensor(v, device=device) for k, v in mid["sums"].items()} if mid else {}
+            done, skipped = (mid["done"], mid["skipped"]) if mid else (0, 0)
+            t0 = time.perf_counter() - (mid["seconds"] if mid else 0.0)
+            mid = None
+            with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * images_per_step) as bar:
+                batches = iter(train_loader)
+                for i in range(first, steps_per_epoch):
+                    action = stopper.poll(step) if i > first else None
+                    if action is not None:  # a step boundary inside the epoch: i steps done
+                        # the loss sums so far, averaged over processes: each resumes from the mean
+                        partial = _epoch_means(sums, 1, ddp.world, device) if sums else {}
+                        if ddp.main:
+                            save_checkpoint(run_dir / "last.pt", state(epoch, {
+                                "steps": i, "done": done, "skipped": skipped, "sums": partial,
+                                "seconds": time.perf_counter() - t0}))
+                        if action == "stop":
+                            _stop(stopper, epoch, step, metrics if ddp.main else None)
+                    lr = lr_at(step, total_steps, warmup_steps, peak_lr, recipe.warmup_lr, recipe.min_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    # micro-batches are fetched one at a time: a loader may reuse a batch's buffer
+                    # once the next one is fetched, so none is held across a fetch
+                    micro = itertools.islice(batches, recipe.grad_accum)
+                    terms = train_step(forward, optimizer, scaler, micro, ctx, step, n=recipe.grad_accum,
+                                       mt_ramp=losses.rampup(step, rampup_steps))
+                    step += 1
+                    if terms is None:
+                        nonfinite += 1
+                        skipped += 1
+                        if nonfinite > recipe.max_nonfinite_steps:
+                            raise FastvipError(
+                                f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
+                                f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, "
+                                f"{_last_good(run_dir)}")
+                        continue
+                    if ema is not None:
+                        ema.update(model, step - 1)
+                    for name, value in terms.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach()
+                    done += 1
+                    if step % 10 == 0 or i + 1 == steps_per_epoch:
+                        loss = terms["train_loss"].item()
+                        bar.advance((i + 1) * images_per_step - bar.done, step=step,
+                                    loss=f"{loss:.3f}", lr=f"{lr:.4g}")
+                        board.step(step, loss, lr)
+                for _ in batches:  # fewer than grad_accum left over: let the loader finish its epoch
+                    pass
+            train_time = time.perf_counter() - t0
+            rates.append(done * images_per_step / train_time)
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise FastvipError(f"weights became NaN/inf in epoch {epoch + 1} (lower lr?); {_last_good(run_dir)}")
+
+            with stopper.busy():  # a stop asked for now waits for the epoch's checkpoint
+                line = {"event": "epoch", "epoch": epoch + 1, "image_size": size}
+                line.update(_epoch_means(sums, done, ddp.world, device))
+                line["nonfinite_steps"] = skipped
+                if ddp.world > 1:
+                    line["weights_in_sync"] = _weights_in_sync(model, device)
+                    if not line["weights_in_sync"]:
+                        raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
+                scores = {}
+                if val_loader is not None:
+                    scores["raw"] = evaluate(model, val_loader, device, amp, channels_last)
+                    line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
+                    if ema is not None:
+                        scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
+                        line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
+                line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0,
+                            time=time.time())  # wall clock: benchmarks place each epoch on a time axis
+
+                weights = max(scores, key=lambda k: scores[k]["top1"]) if scores else shipped
+                top1 = scores[weights]["top1"] if scores else None
+                improved = best["top1"] is None or (top1 is not None and top1 > best["top1"])
+                if improved:
+                    best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
+                # the figure to report: the declared weights at the latest epoch, no choice made on val
+                last = _last_scores(scores, shipped, epoch + 1)
+                if epoch + 1 == recipe.epochs:
+                    line.update(last_top1=last["last_top1"], last_weights=shipped)
+                if ddp.main:
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", {
+                            "inference": (ema.module if weights == "ema" else model).state_dict(), "weights": weights,
+                            "epoch": epoch + 1, "recipe": recipe.to_dict(), "classes": classes})
+                    atomic.write_json(run_dir / "best.json", {**best, **last})
+                    save_checkpoint(run_dir / "last.pt", state(epoch + 1))
+                    metrics_log.append(metrics, line)
+                    board.epoch(line)
+            console.log(_epoch_text(line, recipe.epochs))
+            if stopper.poll(step) == "stop" and epoch + 1 < recipe.epochs:  # the epoch's checkpoint stands
+                _stop(stopper, epoch + 1, step, metrics if ddp.main else None)
+            if stop_after is not None and epoch + 1 >= stop_after:
+                break
+    except RunStopped as stopped:
+        board.close()
+        console.log(f"run: {stopped}; checkpoint {run_dir / 'last.pt'}, continue with --resume")
+        raise
+    finally:
+        stopper.close()
 
     board.close()
     distributed.barrier()
@@ -369,6 +401,26 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     return totals
 
 
+def _check_setting(recipe: Recipe, ddp: distributed.Dist, device: torch.device) -> None:
+    """What the recipe cannot do in this setting, refused before the run directory is touched."""
+    # one process keeps plain BatchNorm (SyncBN there would be a no-op), so only several CPU
+    # processes are refused: torch's SyncBatchNorm runs on GPUs only
+    if recipe.sync_bn and ddp.world > 1 and device.type != "cuda":
+        raise FastvipError(f"sync_bn=true with {ddp.world} CPU processes: SyncBatchNorm needs CUDA devices; "
+                           "set sync_bn=false or run one process")
+    tensorboard.check(recipe)
+
+
+def _stop(stopper: Stopper, epoch: int, step: int, metrics: Path | None) -> None:
+    """After the stop checkpoint: the stop line (process 0), then every process leaves together,
+    so none is killed by torchrun (for another's exit) while process 0 still writes."""
+    if metrics is not None:
+        metrics_log.append(metrics, {"event": "stop", "signal": stopper.signal_name, "epoch": epoch,
+                                     "step": step, "time": time.time()})
+    distributed.barrier()
+    raise RunStopped(stopper.signal_name, epoch, step)
+
+
 def _last_scores(scores: dict, shipped: str, epoch: int) -> dict:
     """The latest epoch's val top-1 of the declared weights, and of raw and EMA (None without val)."""
     top1 = {k: v["top1"] for k, v in scores.items()}
@@ -415,9 +467,10 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console,
     if resume and last.exists():
         ckpt = load_checkpoint(last)
         saved = recipe_mod.from_dict(ckpt["recipe"])
-        # where the run lives and whether it also logs to TensorBoard do not change its results
+        # where the run lives, whether it also logs to TensorBoard and how often it checkpoints
+        # do not change its results
         diff = [k for k in recipe.to_dict() if getattr(saved, k) != getattr(recipe, k)
-                and k not in ("out", "tensorboard")]
+                and k not in ("out", "tensorboard", "checkpoint_minutes")]
         if diff:
             raise FastvipError(f"--resume with a different recipe (changed: {', '.join(diff)})")
         if write:
@@ -513,16 +566,20 @@ def _init_weights(model, recipe: Recipe, console: Console) -> None:
 
 
 def _rng_state() -> dict:
+    """Every RNG's state as tensors and plain values (checkpoints load with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(), "python": random.getstate()}
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate()}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
 
 
@@ -535,7 +592,7 @@ def _epoch_text(line: dict, epochs: int) -> str:
         parts.append(f"val_top1 {line['val_top1']:.2f}")
     if "val_top1_ema" in line:
         parts.append(f"ema {line['val_top1_ema']:.2f}")
-    parts += [f"lr {line['lr']:.4g}", f"{line['img_per_s']:,.0f} img/s"]
+    parts += [f"{line['image_size']} px", f"lr {line['lr']:.4g}", f"{line['img_per_s']:,.0f} img/s"]
     return "  ".join(parts)
 
 

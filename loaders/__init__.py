@@ -16,8 +16,19 @@ after ``batches_ahead`` more batches, as a bare FFCV ``Loader`` does): consume i
 in the step, or ``clone()`` what you keep longer.
 
 Every loader has ``__iter__``, ``__len__`` (batches per epoch) and
-``set_epoch(epoch)``; randomness is keyed on (seed, epoch, sample index)
+``set_epoch(epoch, image_size=None, start_batch=0)``; randomness is keyed on (seed, epoch, sample index)
 (:mod:`fastvip.loaders.keyed`), so an epoch's batches do not depend on history.
+
+The output size is per epoch: ``set_epoch(epoch, image_size=s)`` makes the batches of the
+epochs that follow ``s x s`` (progressive resizing), until another size is set; ``None``
+keeps the current one. ``s`` may be any size up to the ``image_size`` the loader was built
+with (which is where it starts): the FFCV loader decodes into the same buffers with the
+same compiled pipeline, the DALI loader rebuilds its pipeline when the size changes.
+Crop windows do not depend on it: a size only changes the resolution a window is resized to.
+
+``start_batch`` (train loaders) makes the next pass over the epoch begin at that batch, as
+if the batches before it had been consumed: a run resumed from a mid-epoch checkpoint
+skips what it has already trained on without decoding it. Later passes start at 0.
 Train loaders shuffle and drop the last partial batch; eval loaders visit
 every sample exactly once, in file order.
 """
@@ -43,7 +54,7 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None: ...
 
 
 def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: int,
@@ -52,7 +63,7 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
                  auto_augment: str = "none", views: int = 1, pk: int = 0) -> Loader:
     """Create the loader named ``kind`` (a key of :data:`LOADERS`).
 
-    ``batch_size`` is global: under torchrun each process loads ``batch_size / world`` images
+    ``image_size`` is the largest output size (see :meth:`Loader.set_epoch`). ``batch_size`` is global: under torchrun each process loads ``batch_size / world`` images
     (train). ``views``: two-view batches (every image ``views`` times, independently cropped
     and flipped, views one after the other). ``pk``: P x K class-balanced batches with K = ``pk``.
     ``auto_augment`` reaches loaders that augment inside their pipeline

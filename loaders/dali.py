@@ -6,7 +6,9 @@ functions as the FFCV loader (:mod:`fastvip.loaders.keyed`). Both loaders theref
 the same crops, and a resumed run sees the same data. DALI decodes only the
 window: ``fn.decoders.image_slice`` is nvJPEG's ROI decode on the GPU
 (``device="mixed"``) or libjpeg-turbo on the CPU (``device_id=None``). It then
-resizes to ``image_size`` and mirrors in ``crop_mirror_normalize`` (uint8, CHW).
+resizes to the epoch's output size (``image_size``, or what ``set_epoch`` asks for: the
+pipeline is rebuilt when it changes, a few times per progressive-resizing ramp) and
+mirrors in ``crop_mirror_normalize`` (uint8, CHW).
 
 The source is stateless: a batch is a pure function of (epoch, batch number), so
 it can run in the calling thread (``source_workers=0``, the default: measured
@@ -28,21 +30,22 @@ from fastvip.pack import open_packed
 
 from fastvip.recipe import AUGMENTS
 
-from .keyed import (crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch, train_order,
-                    view_key)
+from .keyed import (checked_size, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
+                    train_order, view_key)
 
 
 class BatchSource:
     """Picklable batch callable: ``(epoch, batch) -> (jpegs, anchors, shapes, mirror, labels)``."""
 
     def __init__(self, path, ptrs, sizes, heights, widths, labels, indices, *, train, batch_size, seed,
-                 rank, world, base_epoch, crop_scale, eval_crop, views=1, pk=0):
+                 rank, world, base_epoch, crop_scale, eval_crop, views=1, pk=0, start_batch=0):
         self.path, self.ptrs, self.sizes = os.fspath(path), ptrs, sizes
         self.heights, self.widths, self.labels, self.indices = heights, widths, labels, indices
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.rank, self.world, self.base_epoch = rank, world, base_epoch
         self.crop_scale, self.eval_crop = crop_scale, eval_crop
         self.views, self.pk = views, pk
+        self.start_batch = start_batch  # the first pass starts there (a run resumed mid-epoch)
         self._data = None
         self._order = (None, None)  # (epoch, this rank's samples): computed once per epoch
 
@@ -58,7 +61,7 @@ class BatchSource:
         if self._order[0] != epoch:  # the order (P x K especially) costs far more than a batch
             self._order = (epoch, self.shard(epoch))
         mine = self._order[1]
-        start = info.iteration * self.batch_size
+        start = (info.iteration + (self.start_batch if info.epoch_idx == 0 else 0)) * self.batch_size
         idx = mine[start:start + self.batch_size]
         if len(idx) == 0 or (self.train and len(idx) < self.batch_size):
             raise StopIteration  # train drops the last partial batch; eval keeps it
@@ -113,6 +116,8 @@ class DALILoader:
             raise FastvipError(f"auto_augment must be one of {', '.join(AUGMENTS)}")
         self.train, self.batch_size, self.device, self.seed = train, local, device, seed
         self.image_size, self.workers, self.source_workers = image_size, workers, source_workers
+        self.size = image_size  # this epoch's output size (progressive resizing), up to image_size
+        self.start_batch = 0
         self.auto_augment = auto_augment if train else "none"
         self.views = views if train else 1
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
@@ -124,14 +129,16 @@ class DALILoader:
         probe = BatchSource(*self._source_args, base_epoch=0, **self._source_kw)
         self.num_samples = len(probe.shard(0))
         self.epoch = 0
-        self._pipe, self._next_epoch = None, None
+        self._pipe, self._next_epoch, self._built_size = None, None, None
 
     @property
     def classes(self) -> list[str]:
         return self.packed.classes
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch) if self.train else 0
+        self.size = checked_size(image_size, self.size, self.image_size)
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -140,8 +147,9 @@ class DALILoader:
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
         cuda = self.device.type == "cuda"
-        source = BatchSource(*self._source_args, base_epoch=self.epoch, **self._source_kw)
-        size = self.image_size
+        source = BatchSource(*self._source_args, base_epoch=self.epoch, start_batch=self.start_batch,
+                             **self._source_kw)
+        size = self._built_size = self.size
         parallel = self.source_workers > 0
         # DALI's own random ops (AutoAugment) draw from the pipeline's RNG: seed it per epoch
         # (and rebuild every epoch, see __iter__) so a resumed run draws what an unbroken one did.
@@ -172,9 +180,11 @@ class DALILoader:
         return pipe
 
     def __iter__(self):
-        if self._pipe is None or self._next_epoch != self.epoch or self.auto_augment != "none":
-            self._pipe = None  # a new base epoch (or an interrupted one): rebuild
+        if (self._pipe is None or self._next_epoch != self.epoch or self.auto_augment != "none"
+                or self._built_size != self.size or self.start_batch):
+            self._pipe = None  # a new base epoch (or an interrupted one), size or start: rebuild
             self._pipe = self._build()
+            self.start_batch = 0  # only the first pass of this pipeline starts late
         pipe, finished = self._pipe, False
         try:
             while True:

@@ -39,19 +39,24 @@ from fastvip.errors import FastvipError
 from fastvip.pack import open_packed
 
 from .jpeg import decode_region, resize
-from .keyed import (DRAW_FLIP, crop_window, default_workers, epoch_key, eval_shard, process_batch, train_order,
-                    uniform, view_key)
+from .keyed import (DRAW_FLIP, checked_size, crop_window, default_workers, epoch_key, eval_shard, process_batch,
+                    train_order, uniform, view_key)
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
 warnings.filterwarnings("ignore", message=".*object mode won't allow parallel execution.*")
 
 _KEYS: dict[int, np.uint64] = {}
+_SIZES: dict[int, int] = {}
 _TOKENS = itertools.count()
 
 
 def _current_key(token):
     return _KEYS[token]
+
+
+def _current_size(token):
+    return _SIZES[token]
 
 
 class KeyedCropDecoder(ResizedCropRGBImageDecoder):
@@ -71,6 +76,10 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
 
     ``views > 1`` (two-view batches): the JPEG is decoded once and ``views`` crops with
     independent keys (:func:`fastvip.loaders.keyed.view_key`) are cut from it, stacked vertically.
+
+    The output size is read once per batch (:meth:`set_size`, up to the size it was built for):
+    a smaller one is written contiguously at the start of each sample's slot, and the loader
+    views it as a smaller batch (:func:`_view_size`), so progressive resizing compiles nothing new.
     """
 
     def __init__(self, output_size, train: bool, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -82,9 +91,13 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
         self.train, self.scale, self.ratio, self.eval_crop = train, scale, ratio, eval_crop
         self.token = next(_TOKENS)
         _KEYS[self.token] = np.uint64(0)
+        _SIZES[self.token] = int(output_size[0])
 
     def set_key(self, key) -> None:
         _KEYS[self.token] = np.uint64(key)
+
+    def set_size(self, size: int) -> None:
+        _SIZES[self.token] = int(size)
 
     @property
     def get_crop_generator(self):  # required by the base class; generate_code replaces its use
@@ -100,14 +113,15 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
         token, train, eval_crop = self.token, self.train, float(self.eval_crop)
         s_lo, s_hi = float(self.scale[0]), float(self.scale[1])
         r_lo, r_hi = float(np.log(self.ratio[0])), float(np.log(self.ratio[1]))
-        out_h, out_w = int(self.view_size[0]), int(self.view_size[1])
         views = int(self.views)
         jpg = 0  # FFCV's IMAGE_MODES['jpg']
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
-            with objmode(key="uint64"):
+            with objmode(key="uint64", size="int64"):
                 key = _current_key(token)
+                size = _current_size(token)
+            out_h, out_w = size, size
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -145,9 +159,12 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                         image = buf[:sh * sw * 3].reshape(sh, sw, 3)
                 else:
                     image = image_data.reshape(height, width, 3)
+                # the views of this size, contiguous at the start of the sample's slot
+                slot = destination[dst_ix].reshape(destination[dst_ix].size)[:views * out_h * out_w * 3]
+                slot = slot.reshape(views * out_h, out_w, 3)
                 for v in range(views):
                     top, left, h, w = crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3]
-                    out = destination[dst_ix, v * out_h:(v + 1) * out_h]
+                    out = slot[v * out_h:(v + 1) * out_h]
                     mirror = train and uniform(view_key(key, v), source_ix, DRAW_FLIP) < 0.5
                     if jpeg:
                         r0, c0 = (top * num) // 8 - r_base, (left * num) // 8 - c_base
@@ -231,6 +248,7 @@ class _Order(TraversalOrder):
         self.train, self.seed, self.batch_size = train, seed, batch_size
         self.world, self.rank, self.labels, self.pk = world, rank, labels, pk
         self.indices = None
+        self.skip = 0  # samples of the next pass to leave out (a run resumed mid-epoch)
         self._cache: tuple[int, np.ndarray] | None = None
 
     def __call__(self, loader):
@@ -246,7 +264,7 @@ class _Order(TraversalOrder):
             self._cache = (epoch, train_order(self.seed, epoch, self.indices, self.batch_size * self.world,
                                               world=self.world, rank=self.rank, labels=self.labels,
                                               pk=self.pk))
-        return self._cache[1]
+        return self._cache[1][self.skip:]
 
 
 def _fits_in_ram(path) -> bool:
@@ -271,6 +289,8 @@ class FFCVLoader:
         self.train, self.batch_size, self.device, self.seed = train, local, device, seed
         self.views = views if train else 1
         self.epoch = 0
+        self.image_size = self.size = image_size  # the largest output size, and this epoch's
+        self.start_batch = 0
         self.os_cache = _fits_in_ram(path)
         if canvas:  # whole images for test-time views (eval only)
             self._decoder = CanvasDecoder()
@@ -303,26 +323,46 @@ class FFCVLoader:
     def classes(self) -> list[str]:
         return self.packed.classes
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch) if self.train else 0
+        if isinstance(self._decoder, KeyedCropDecoder):
+            self.size = checked_size(image_size, self.size, self.image_size)
 
     def __len__(self) -> int:
         return len(self._loader)
 
     def __iter__(self):
+        size = self.size
         if isinstance(self._decoder, KeyedCropDecoder):
             # numba hands the uint64 back as a Python int; keep it unsigned
             self._decoder.set_key(np.uint64(epoch_key(self.seed, self.epoch)))
+            self._decoder.set_size(size)
         self._loader.next_epoch = self.epoch
-        it = iter(self._loader)
+        self._order.skip = self.start_batch * self.batch_size
         try:
-            if self.views == 1:
-                yield from it
-                return
-            for images, labels in it:  # (n, 3, views*h, w) -> views stacked on the batch axis
-                yield torch.cat(images.chunk(self.views, dim=2)), labels.repeat(self.views)
+            it = iter(self._loader)
+        finally:  # the skip is for this pass only
+            self._order.skip = self.start_batch = 0
+        try:
+            for images, labels in it:
+                if size != self.image_size:
+                    images = _view_size(images, self.views, size)
+                if self.views == 1:
+                    yield images, labels
+                else:  # (n, 3, views*h, w) -> views stacked on the batch axis
+                    yield torch.cat(images.chunk(self.views, dim=2)), labels.repeat(self.views)
         finally:
             _stop(it)
+
+
+def _view_size(images: torch.Tensor, views: int, size: int) -> torch.Tensor:
+    """A batch decoded at ``size`` into slots allocated for a larger size (each sample's
+    ``views * size x size`` pixels contiguous at the start of its slot) as an
+    ``(n, 3, views * size, size)`` view: no copy, channels-last within each sample."""
+    n = images.shape[0]
+    flat = images.permute(0, 2, 3, 1).reshape(n, -1)  # the slots, NHWC as decoded
+    return flat[:, :views * size * size * 3].reshape(n, views * size, size, 3).permute(0, 3, 1, 2)
 
 
 def _stop(it) -> None:

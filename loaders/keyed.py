@@ -227,3 +227,16 @@ def crop_windows(key, indices, heights, widths, train, scale_lo, scale_hi, logr_
                                       scale_lo, scale_hi, logr_lo, logr_hi, eval_crop)
         out[i, 0], out[i, 1], out[i, 2], out[i, 3] = top, left, h, w
     return out
+
+
+def checked_size(requested: int | None, current: int, largest: int) -> int:
+    """The size ``set_epoch(epoch, image_size=requested)`` leaves a loader at (``None`` keeps
+    ``current``); one-line error past ``largest``, the size the loader was built for."""
+    if requested is None:
+        return current
+    from fastvip.errors import FastvipError
+    size = int(requested)
+    if not 8 <= size <= largest:
+        raise FastvipError(f"output size {size} is outside [8, {largest}]: build the loader with "
+                           f"image_size >= the largest size the schedule asks for")
+    return size

@@ -8,8 +8,10 @@ of the same 16 images, so the weights agree up to float summation order.
 """
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -44,11 +46,19 @@ def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
     # TensorBoard on, which only process 0 may write (it changes no results)
     (tmp_path / "r.py").write_text(dataclasses.replace(recipe, tensorboard=True).to_text())
     two = tmp_path / "two"
-    # interrupted after epoch 1, then resumed, under torchrun both times; --nproc starts torchrun
-    p = subprocess.run([sys.executable, "-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two),
-                        "--nproc", "2", "--stop-after", "1", "--quiet"], cwd=REPO, env=cpu_env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    # stopped by SIGTERM (to `fastvip run --nproc`, which starts torchrun and passes the signal to
+    # its workers) while process 0 writes epoch 1's checkpoint (held 1 s): both processes agree to
+    # stop at step 10, inside epoch 2; then resumed mid-epoch under torchrun itself
+    env = dict(cpu_env, FASTVIP_TEST_CHECKPOINT_DELAY="1")
+    proc = subprocess.Popen([sys.executable, "-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two),
+                             "--nproc", "2", "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (two.is_dir() and any(p.name.startswith(".last.pt.tmp-") for p in two.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75, proc.stderr.read().decode()[-3000:]
+    assert _lines(two)[-1] | {"time": 0} == {"event": "stop", "signal": "SIGTERM", "epoch": 1, "step": 10, "time": 0}
     p = _torchrun(["-m", "fastvip", "run", str(tmp_path / "r.py"), "--out", str(two), "--resume", "--quiet"], cpu_env)
     assert p.returncode == 0, p.stderr[-3000:]
 

@@ -151,3 +151,22 @@ def test_one_epoch_run_with_dali(colour_data, tmp_path):
     run(r, tmp_path / "r", console=Console(quiet=True))
     lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["loader"] == "dali" and lines[1]["epoch"] == 1 and lines[1]["val_top1"] > 25.0
+
+
+def test_output_size_follows_set_epoch(colour_data):
+    # progressive resizing: the pipeline is rebuilt at the new size; same windows as FFCV at that size
+    d = _loader("dali", colour_data["train"], True)
+    d.set_epoch(1, image_size=16)
+    dx, dy, _ = _all(d)
+    ref = _loader("dali", colour_data["train"], True, image_size=16)
+    ref.set_epoch(1)
+    rx, ry, _ = _all(ref)
+    assert dx.shape[1:] == (3, 16, 16) and torch.equal(dx, rx) and torch.equal(dy, ry)
+    f = _loader("ffcv", colour_data["train"], True, image_size=16)
+    f.set_epoch(1)
+    fx, fy, _ = _all(f)
+    assert torch.equal(fy, dy) and (fx.float() - dx.float()).abs().mean().item() < 6.0
+    d.set_epoch(2, image_size=24)
+    assert next(iter(d))[0].shape[-1] == 24
+    with pytest.raises(FastvipError, match="outside"):
+        d.set_epoch(3, image_size=32)

@@ -156,3 +156,34 @@ def test_train_mirror_follows_the_keyed_flip(tmp_path):
         assert mirrored == bool(flip_mask(key, np.array([0], dtype=np.uint64))[0])
         seen.add(mirrored)
     assert seen == {True, False}
+
+
+def _epoch(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]  # FFCV recycles its buffers
+
+
+def test_output_size_follows_set_epoch_as_a_loader_built_at_that_size(colour_data):
+    # progressive resizing: a loader built for 24 px, asked for 16, gives exactly what a 16-px loader
+    # gives (same windows, flips and order; two views), keeps the size until asked again, then 24 again
+    from fastvip.errors import FastvipError
+    big = _loader(colour_data["train"], True, views=2)
+    big.set_epoch(1, image_size=16)
+    small = _loader(colour_data["train"], True, views=2, image_size=16)
+    small.set_epoch(1)
+    got, want = _epoch(big), _epoch(small)
+    assert got[0][0].shape == (32, 3, 16, 16) and len(got) == len(want)
+    for (xa, ya), (xb, yb) in zip(got, want):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    big.set_epoch(2)
+    assert next(iter(big))[0].shape[-1] == 16
+    big.set_epoch(2, image_size=24)
+    full = _loader(colour_data["train"], True, views=2)
+    full.set_epoch(2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_epoch(big), _epoch(full)))
+    with pytest.raises(FastvipError, match="outside"):
+        big.set_epoch(3, image_size=32)
+    # eval too: every sample once, at the size asked for
+    ev = _loader(colour_data["val"], False, batch_size=10)
+    ev.set_epoch(0, image_size=16)
+    ref = _loader(colour_data["val"], False, batch_size=10, image_size=16)
+    assert torch.equal(torch.cat([x for x, _ in _epoch(ev)]), torch.cat([x for x, _ in _epoch(ref)]))

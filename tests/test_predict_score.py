@@ -37,6 +37,25 @@ def test_flip_tta_averages_two_views(trained, colour_data, tmp_path):
     assert abs(plain["top1"] - flip["top1"]) <= 25.0
 
 
+def test_predict_defaults_to_the_recipes_eval_size(trained, colour_data, tmp_path):
+    import dataclasses
+    from fastvip.model import load_checkpoint, save_checkpoint
+    from fastvip.recipe import from_dict
+    ckpt = load_checkpoint(trained / "best.pt")
+    recipe = from_dict(ckpt["recipe"])
+    assert recipe.eval_size == 0 and recipe.image_size == 24
+    ckpt["recipe"] = dataclasses.replace(recipe, eval_size=32).to_dict()
+    save_checkpoint(tmp_path / "at32.pt", ckpt)
+    at32 = predict(tmp_path / "at32.pt", colour_data["val"], out=tmp_path / "a.npz", console=Q)
+    asked = predict(trained, colour_data["val"], size=32, out=tmp_path / "b.npz", console=Q)
+    plain = predict(trained, colour_data["val"], out=tmp_path / "c.npz", console=Q)
+    assert (at32["size"], asked["size"], plain["size"]) == (32, 32, 24)
+    a, b, c = (np.load(tmp_path / f"{n}.npz")["probs"] for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(FastvipError, match="--size"):
+        predict(trained, colour_data["val"], size=4, console=Q)
+
+
 def test_submission_round_trip_and_score(trained, colour_data, tmp_path):
     sub = tmp_path / "sub.csv"
     res = predict(trained, colour_data["test"], submission=sub, console=Q)

@@ -126,6 +126,67 @@ def test_sigkill_mid_epoch_then_resume(colour_data, tmp_path, cpu_env, reference
     _assert_same_as_reference(run_dir, reference)
 
 
+def test_one_writer_timed_checkpoint_and_stale_lock(colour_data, tmp_path, cpu_env, reference):
+    # a checkpoint at every step (checkpoint_minutes tiny), each write held 0.3 s: a slow first run
+    run_dir = tmp_path / "r"
+    env = dict(cpu_env, FASTVIP_TEST_CHECKPOINT_DELAY="0.3")
+    proc = _start_run(colour_data, run_dir, env, "checkpoint_minutes=0.00001")
+    _wait_for(lambda: (run_dir / "metrics.jsonl").exists(), proc)
+    # a second run of the directory fails at once, naming the holder, and touches nothing
+    second = subprocess.run([sys.executable, "-m", "fastvip", "run", "recipes/tresnet_xl.py", "--out", str(run_dir),
+                             "--resume", "--set", *SETTINGS, "epochs=3", f"train_data={colour_data['train']}",
+                             f"val_data={colour_data['val']}"], cwd=REPO, env=cpu_env, capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode != 0
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and f"in use by another run (pid {proc.pid} on " in err[0], second.stderr
+    _wait_for(lambda: _epoch_lines(run_dir) >= 1, proc)
+    time.sleep(1.0)  # a few steps into epoch 2, each one checkpointed
+    os.killpg(proc.pid, signal.SIGKILL)  # the lock dies with it
+    proc.wait()
+    from fastvip.model import load_checkpoint
+    ckpt = load_checkpoint(run_dir / "last.pt")  # weights_only: tensors and plain values
+    assert ckpt["epoch"] == 1 and ckpt["mid_epoch"]["steps"] >= 1, ckpt["mid_epoch"]
+    _finish(colour_data, run_dir, cpu_env)  # --resume: not blocked by the dead run's lock
+    epochs, starts = _epochs(run_dir)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and len(starts) == 2
+    _assert_same_as_reference(run_dir, reference)
+
+
+def test_sigterm_stops_with_a_resumable_checkpoint(colour_data, tmp_path, cpu_env, reference):
+    run_dir = tmp_path / "r"
+    proc = _start_run(colour_data, run_dir, cpu_env)
+    _wait_for(lambda: _epoch_lines(run_dir) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)  # inside epoch 2
+    assert proc.wait(timeout=60) == 75, proc.stderr.read().decode()
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    stop = lines[-1]
+    assert stop["event"] == "stop" and stop["signal"] == "SIGTERM" and stop["step"] > 6, stop
+    _finish(colour_data, run_dir, cpu_env)
+    epochs, starts = _epochs(run_dir)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and len(starts) == 2
+    _assert_same_as_reference(run_dir, reference)
+
+
+def test_loading_never_executes_code(colour_data, tmp_path):
+    from fastvip.predict import predict
+    made = tmp_path / "made"
+    torch.save({"model": {}, "inference": {}, "x": _Planted(made)}, tmp_path / "evil.pt")
+    with pytest.raises(FastvipError, match="holds objects other than tensors.*FASTVIP_TRUST_CHECKPOINTS=1"):
+        predict(tmp_path / "evil.pt", colour_data["val"], console=Q)
+    assert not made.exists()
+
+
+class _Planted:
+    """Unpickling this creates a file: the kind of object a loader must refuse."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_sigkill_during_checkpoint_write_keeps_previous(colour_data, tmp_path, cpu_env, reference):
     run_dir = tmp_path / "r"
     env = dict(cpu_env, FASTVIP_TEST_CHECKPOINT_DELAY="2")

@@ -193,6 +193,20 @@ def test_bad_pickle_format_is_a_one_line_error(imagenet, tmp_path):
     with pytest.raises(FastvipError, match=r"val\.pickle: .*element 0 is float 3\.5"):
         split(imagenet, tmp_path / "out", pickles=pk, console=Q)
     assert not (tmp_path / "out").exists()
+    # a pickle that would create a file when unpickled is refused before anything runs
+    made = tmp_path / "made"
+    pk = _write_pickles(tmp_path / "pk4", [_Planted(made)], [], [])
+    with pytest.raises(FastvipError, match=r"train\.pickle as a pickle: it refers to io\.open, and only plain"):
+        split(imagenet, tmp_path / "out", pickles=pk, console=Q)
+    assert not made.exists() and not (tmp_path / "out").exists()
+
+
+class _Planted:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_missing_listed_files_are_an_error_unless_allowed(imagenet, tmp_path):

@@ -52,9 +52,11 @@ def test_two_epochs_learn_the_easy_set(colour_data, tmp_path):
 
 
 def test_resume_equals_uninterrupted(colour_data, tmp_path):
-    # device augmentation included: its draws are keyed on (seed, step), not on history
+    # device augmentation included: its draws are keyed on (seed, step), not on history; cut in the
+    # middle of a progressive-resizing ramp (16 -> 20 -> 24 px over 3 epochs), validated at 28 px
     recipe = _recipe(colour_data, ema=True, ema_decay=0.9, auto_augment="autoaugment", mix_prob=0.5,
-                     random_erasing=0.25)
+                     random_erasing=0.25, epochs=3, res_start=16, res_ramp_start=0, res_ramp_end=2,
+                     res_multiple=4, eval_size=28)
     run(recipe, tmp_path / "full", console=Q)
     run(recipe, tmp_path / "cut", console=Q, stop_after=1)
     assert [e["epoch"] for e in _metrics(tmp_path / "cut")[1:]] == [1]
@@ -64,17 +66,21 @@ def test_resume_equals_uninterrupted(colour_data, tmp_path):
 
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
-    assert full["step"] == cut["step"] and full["epoch"] == cut["epoch"] == 2
+    assert full["step"] == cut["step"] and full["epoch"] == cut["epoch"] == 3
     for key in ("model", "ema"):
         for name, t in full[key].items():
             torch.testing.assert_close(cut[key][name], t, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     lines = _metrics(tmp_path / "cut")
     starts = [l for l in lines if l["event"] == "start"]
     assert [s["resumed_from_epoch"] for s in starts] == [None, 1]
-    assert [l["epoch"] for l in lines if l["event"] == "epoch"] == [1, 2]
+    assert [l["epoch"] for l in lines if l["event"] == "epoch"] == [1, 2, 3]
     fl = [l for l in _metrics(tmp_path / "full") if l["event"] == "epoch"]
     cl = [l for l in lines if l["event"] == "epoch"]
-    assert cl[1]["train_loss"] == pytest.approx(fl[1]["train_loss"], rel=1e-5)
+    assert [l["image_size"] for l in cl] == [l["image_size"] for l in fl] == [16, 20, 24]
+    assert {s["eval_size"] for s in starts} == {28}
+    for a, b in zip(cl, fl):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_top1"] == pytest.approx(b["val_top1"], abs=1e-6)
 
 
 def test_same_seed_same_losses_and_resume_needs_same_recipe(colour_data, tmp_path):
@@ -124,6 +130,21 @@ def test_schedule_warmup_then_cosine():
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 1e-3
+
+
+def test_resolution_schedule_ramps_like_ffcv():
+    from fastvip.recipe import Recipe, max_train_resolution, train_resolution
+    from fastvip.schedule import resolution_at
+    sizes = [resolution_at(e, 160, 192, 2, 6) for e in range(9)]
+    # flat at the start size, rounded to 32 in the ramp (168 -> 160, 176 -> 192), then the end size
+    assert sizes == [160, 160, 160, 160, 192, 192, 192, 192, 192]
+    assert [resolution_at(e, 32, 64, 0, 4, 8) for e in range(5)] == [32, 40, 48, 56, 64]
+    assert resolution_at(10, 40, 64, 0, 0, 32) == 64 and [resolution_at(e, 64, 48, 0, 2, 8) for e in range(3)] == [64, 56, 48]
+    r = Recipe(image_size=64, res_start=32, res_ramp_end=4, res_multiple=8)
+    assert [train_resolution(r, e) for e in range(6)] == [32, 40, 48, 56, 64, 64]
+    assert train_resolution(Recipe(image_size=64), 0) == 64 == max_train_resolution(r)
+    with pytest.raises(FastvipError, match="res_ramp_start"):
+        Recipe(res_start=32, res_ramp_start=5, res_ramp_end=2).validate()
 
 
 def test_ema_tracks_with_warmup():

@@ -61,7 +61,7 @@ def test_run_output_plain_lines_and_summary(two_runs):
     root, outs, _ = two_runs
     out = outs["a"].stdout
     assert not ANSI.search(out) and "\r" not in out
-    assert re.search(r"^epoch 2/2  loss \d+\.\d+  val_top1 \d+\.\d+  ema \d+\.\d+  lr \S+  [\d,]+ img/s$", out, re.M)
+    assert re.search(r"^epoch 2/2  loss \d+\.\d+  val_top1 \d+\.\d+  ema \d+\.\d+  24 px  lr \S+  [\d,]+ img/s$", out, re.M)
     for key in ("best_top1", "best_epoch", "wall_time_s", "img_per_s"):
         assert re.search(rf"^  {key}: \S+", out, re.M), key
     assert (root / "a" / "plots" / "curves.png").stat().st_size > 10_000
