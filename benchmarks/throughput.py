@@ -76,7 +76,7 @@ def torchvision_loader(root: Path, batch_size: int, res: int, device, workers: i
         def __len__(self):
             return len(dl)
 
-        def set_epoch(self, epoch, image_size=None):
+        def set_epoch(self, epoch, image_size=None, start_batch=0):
             pass
 
         def __iter__(self):
@@ -99,7 +99,7 @@ def ffcv_stock_loader(path: Path, batch_size: int, res: int, device, workers: in
                                   ToTensor(), ToDevice(device, non_blocking=nb), ToTorchImage()],
                         "label": [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=nb)],
                         "id": None})
-    loader.set_epoch = lambda epoch, image_size=None: None
+    loader.set_epoch = lambda epoch, image_size=None, start_batch=0: None
     loader.num_samples = len(loader.indices)
     return loader
 

@@ -53,12 +53,12 @@ def _torchrun(args, out: str) -> int:
             if on]
     if args.stop_after:
         cmd += ["--stop-after", str(args.stop_after)]
-    from .stop import forward_to_workers, stopped_run
+    from .stop import EXIT_TEMPFAIL, forward_to_workers, stopped_run
     proc = subprocess.Popen(cmd)
     with forward_to_workers(proc):
         rc = proc.wait()
     # workers that stopped for a signal exit 75 each, which torchrun reports as a failure
-    return 75 if rc and stopped_run(Path(out)) else rc
+    return EXIT_TEMPFAIL if rc and stopped_run(Path(out)) else rc
 
 
 def cmd_split(args) -> int:

@@ -176,18 +176,19 @@ def export(run_or_ckpt, out_dir, *, weights: str = "best", force: bool = False,
         raise FastvipError(f"{ckpt_path}: the weights do not fit its recipe's model "
                            f"({str(e).splitlines()[0]})") from None
     model, notes = timm_model(net, recipe, len(classes))
-    check_same_outputs(net, model, eval_resolution(recipe))
+    size = eval_resolution(recipe)
+    check_same_outputs(net, model, size)
     # config.json describes these weights and their preprocessing, not timm's published ones
     # (set on the model rather than passed as save_for_hf's data_config, which older timm lacks)
     cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_FIELDS}
-    if tuple(cfg.get("input_size", ())[1:]) != (eval_resolution(recipe),) * 2:
+    if tuple(cfg.get("input_size", ())[1:]) != (size,) * 2:
         cfg["pool_size"] = None  # timm's value is for its default input size
     model.pretrained_cfg = {**cfg, **data_config(recipe), "num_classes": len(classes)}
     info = {"version": __version__, "checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"),
-            "weights": which, "image_size": recipe.image_size, "eval_size": eval_resolution(recipe),
+            "weights": which, "image_size": recipe.image_size, "eval_size": size,
             "eval_crop": recipe.eval_crop,
             "resize_note": "fastvip evaluates the centred square of eval_crop x the shorter side, resized to "
-                           "eval_size; timm's transform (shorter side to image_size / crop_pct, bilinear, then "
+                           "eval_size; timm's transform (shorter side to eval_size / crop_pct, bilinear, then "
                            "a centre crop) cuts the same window, resampled slightly differently", **notes}
 
     out.parent.mkdir(parents=True, exist_ok=True)
