@@ -116,8 +116,12 @@ def make_loader(name: str, args, device, data: Path, source: Path | None):
         from fastvip.loaders.dali import DALILoader
         return DALILoader(data, train=True, batch_size=args.batch_size, image_size=args.res, device=device,
                           workers=args.workers, source_workers=args.workers)
-    return build_loader(name, data, train=True, batch_size=args.batch_size, image_size=args.res,
-                        device=device, seed=0, workers=args.workers)
+    t0 = time.perf_counter()
+    loader = build_loader(name, data, train=True, batch_size=args.batch_size, image_size=args.res,
+                          device=device, seed=0, workers=args.workers)
+    if name == "resident":  # the one decode pass, paid once per run
+        loader.setup_s = time.perf_counter() - t0
+    return loader
 
 
 # ------------------------------------------------------------------ timing
@@ -125,6 +129,19 @@ def make_loader(name: str, args, device, data: Path, source: Path | None):
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's threads and its live worker processes."""
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
 
 
 def time_pass(loader, device, epochs: range, step=None) -> tuple[int, float]:
@@ -149,18 +166,23 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader", 
         time_pass(loader, device, range(1), step=step)
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
+    cpu_per_k: dict[str, list[float]] = {k: [] for k in loaders}
     images: dict[str, int] = {}
     for p in range(passes):
         names = list(loaders) if p % 2 == 0 else list(reversed(loaders))
         for name in names:
             psutil.cpu_percent(interval=None)
+            c0 = cpu_seconds()
             n, dt = time_pass(loaders[name], device, range(1 + p * pass_epochs, 1 + (p + 1) * pass_epochs), step=step)
+            cpu_per_k[name].append((cpu_seconds() - c0) / n * 1000)
             cpu[name].append(psutil.cpu_percent(interval=None))
             rates[name].append(n / dt)
             images[name] = n
     return [{"loader": name, "mode": mode, "img_per_s": statistics.median(r), "img_per_s_min": min(r),
              "img_per_s_max": max(r), "passes": len(r), "n_images": images[name],
-             "cpu_util_percent": statistics.median(cpu[name])} for name, r in rates.items()]
+             "cpu_util_percent": statistics.median(cpu[name]),
+             "cpu_s_per_1k": statistics.median(cpu_per_k[name]),
+             "setup_s": getattr(loaders[name], "setup_s", None)} for name, r in rates.items()]
 
 
 def training_step(recipe, device, num_classes: int):
@@ -329,7 +351,7 @@ def main(argv=None) -> int:
     ap.add_argument("--source", type=Path, help="original JPEG folder (class folders, or flat files)")
     ap.add_argument("--source-classes", type=int, default=10, help="classes to spread a flat --source over")
     ap.add_argument("--loader", default="ffcv,torchvision",
-                    help="comma list: ffcv, ffcv-stock, dali, dali-parallel, torchvision")
+                    help="comma list: ffcv, ffcv-stock, dali, dali-parallel, resident, torchvision")
     ap.add_argument("--mode", default="loader", help="comma list: loader, model, e2e")
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tresnet_xl.py",
                     help="recipe whose training settings model/e2e modes use")
@@ -417,7 +439,7 @@ def report(results: list[dict]) -> None:
     from rich.console import Console as RichConsole
     from rich.table import Table
     cols = ["loader", "mode", "step", "model", "img_per_s", "spread", "x_baseline", "e2e_over_model", "x_timm",
-            "cpu_util_percent", "n_images", "batch_size", "res", "device", "peak_gpu_mem_mb"]
+            "cpu_util_percent", "cpu_s_per_1k", "setup_s", "n_images", "batch_size", "res", "device", "peak_gpu_mem_mb"]
     rows = [dict(r, spread=f"{r['img_per_s_min']:,.0f}-{r['img_per_s_max']:,.0f}") for r in results]
     cols = [c for c in cols if any(row.get(c) is not None for row in rows)]  # drop empty columns
     table = Table(title="throughput (median of passes)")

@@ -774,6 +774,29 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
                       fields=tuple(names))
 
 
+@dataclass
+class ImageRecords:
+    """Where each stored image lies in a packed file: byte offset and length, storage mode
+    (0 JPEG, else raw pixels) and size, in sample order."""
+    ptrs: np.ndarray
+    sizes: np.ndarray
+    modes: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+
+
+def image_records(path: str | os.PathLike) -> ImageRecords:
+    """The :class:`ImageRecords` of a packed file's ``image`` field (for loaders that read the
+    stored bytes themselves)."""
+    reader = _reader(Path(path))
+    md = reader.metadata[f"f{reader.field_names.index('image')}"]
+    # FFCV keeps no per-image byte count; its allocation table maps each pointer to a size
+    table = np.sort(reader.alloc_table, order="ptr")
+    pos = np.searchsorted(table["ptr"], md["data_ptr"])
+    return ImageRecords(md["data_ptr"].astype(np.int64), table["size"][pos].astype(np.int64),
+                        md["mode"].astype(np.int64), md["height"].astype(np.int64), md["width"].astype(np.int64))
+
+
 def _reader(path: Path, why: str = ""):
     """FFCV's reader of ``path``; a one-line error for anything it cannot parse."""
     try:

@@ -34,7 +34,8 @@ class Recipe:
     model: str = "resnet50"             # a timm model name (created with pretrained=False)
     train_data: str | list[str] = ""   # packed file, or a list merged once into <a>+<b>.beton beside the first
     val_data: str = ""                  # packed file for validation; empty = no validation
-    loader: str = "ffcv"                # "ffcv" or "dali"
+    loader: str = "ffcv"                # "ffcv", "dali" or "resident" (decoded once, kept in GPU or host memory)
+    resident_size: int = 0              # resident loader: longest stored side in px; 0 = as packed
     image_size: int = 224               # train crop size (the last one, with progressive resizing)
     eval_size: int = 0                  # val and predict --tta none|flip size; 0 = image_size
     res_start: int = 0                  # progressive resizing: train size up to res_ramp_start; 0 = off

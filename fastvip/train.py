@@ -70,6 +70,13 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: C
         distributed.teardown()
 
 
+def _stores(train_loader, val_loader) -> dict | None:
+    """Where a resident loader keeps each split's pixels (None for loaders that decode per epoch)."""
+    out = {name: ld.store for name, ld in (("train", train_loader), ("val", val_loader))
+           if getattr(ld, "store", None)}
+    return out or None
+
+
 def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_after: int | None,
          ddp: distributed.Dist, device: torch.device) -> dict:
     if not ddp.main:
@@ -92,7 +99,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
         distributed.barrier()
         files = [os.fspath(merged_path(files))]
     common = {"device": device, "seed": recipe.seed, "workers": recipe.workers,
-              "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0)}
+              "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0),
+              "resident_size": recipe.resident_size, "console": console}
     train_loader = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
                                 image_size=recipe_mod.max_train_resolution(recipe), auto_augment=recipe.auto_augment,
                                 views=recipe.views, pk=recipe.pk_samples, **common)
@@ -161,11 +169,14 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             "grad_accum": recipe.grad_accum, "views": recipe.views, "eval_size": recipe_mod.eval_resolution(recipe),
             "peak_lr": peak_lr, "amp": amp_name(amp),
             "channels_last": channels_last, "optimizer_impl": optimizer_impl(recipe, device),
-            "os_cache": getattr(train_loader, "os_cache", None)})
+            "os_cache": getattr(train_loader, "os_cache", None), "store": _stores(train_loader, val_loader)})
     console.log(f"run: {recipe.model} on {device}" + (f" x {ddp.world} processes" if ddp.world > 1 else "")
                 + f", {train_loader.num_samples * ddp.world} train images, {len(classes)} classes, "
                 f"{steps_per_epoch} steps/epoch, loader {recipe.loader}"
                 + (f", resumed after epoch {start_epoch}" if ckpt else ""))
+    for name, st in (_stores(train_loader, val_loader) or {}).items():
+        console.log(f"run: {name} images resident in {st['where']}: {st['bytes'] / 2**20:,.1f} MiB "
+                    f"({st['images']} images, longest side {st['resident_size']} px)")
     console.log(f"run: channels-last {'on' if channels_last else 'off'} ({channels_last_why}), "
                 f"optimizer {recipe.optimizer} ({optimizer_impl(recipe, device)})")
 

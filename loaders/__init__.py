@@ -23,7 +23,8 @@ The output size is per epoch: ``set_epoch(epoch, image_size=s)`` makes the batch
 epochs that follow ``s x s`` (progressive resizing), until another size is set; ``None``
 keeps the current one. ``s`` may be any size up to the ``image_size`` the loader was built
 with (which is where it starts): the FFCV loader decodes into the same buffers with the
-same compiled pipeline, the DALI loader rebuilds its pipeline when the size changes.
+same compiled pipeline, the DALI loader rebuilds its pipeline when the size changes, the
+resident loader resizes its stored pixels to whatever size the batch asks for.
 Crop windows do not depend on it: a size only changes the resolution a window is resized to.
 
 ``start_batch`` (train loaders) makes the next pass over the epoch begin at that batch, as
@@ -44,6 +45,7 @@ import torch
 LOADERS = {
     "ffcv": "fastvip.loaders.ffcv:FFCVLoader",
     "dali": "fastvip.loaders.dali:DALILoader",
+    "resident": "fastvip.loaders.resident:ResidentLoader",
 }
 
 
@@ -60,7 +62,8 @@ class Loader(Protocol):
 def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0,
                  eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 auto_augment: str = "none", views: int = 1, pk: int = 0) -> Loader:
+                 auto_augment: str = "none", views: int = 1, pk: int = 0, resident_size: int = 0,
+                 console=None) -> Loader:
     """Create the loader named ``kind`` (a key of :data:`LOADERS`).
 
     ``image_size`` is the largest output size (see :meth:`Loader.set_epoch`). ``batch_size`` is global: under torchrun each process loads ``batch_size / world`` images
@@ -68,6 +71,8 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
     and flipped, views one after the other). ``pk``: P x K class-balanced batches with K = ``pk``.
     ``auto_augment`` reaches loaders that augment inside their pipeline
     (``augments_in_pipeline``); for the others the trainer augments on the device.
+    ``resident_size`` (the longest stored side, 0 = as packed) and ``console`` (its decode
+    progress bar) reach the resident loader only.
     """
     from fastvip.errors import FastvipError
     if kind not in LOADERS:
@@ -78,6 +83,8 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
     except ImportError as e:
         raise FastvipError(f"loader {kind!r} is not available: {e}") from None
     extra = {"auto_augment": auto_augment if train else "none"} if in_pipeline(loader_cls) else {}
+    if kind == "resident":
+        extra.update(resident_size=resident_size, console=console)
     return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
                       device=device, seed=seed, workers=workers, eval_crop=eval_crop,
                       crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0, **extra)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fastvip.errors import FastvipError
-from fastvip.pack import open_packed
+from fastvip.pack import image_records, open_packed
 
 from fastvip.recipe import AUGMENTS
 
@@ -99,18 +99,12 @@ class DALILoader:
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise FastvipError("loader 'dali' needs NVIDIA DALI: pip install 'fastvip[dali]'") from None
-        from ffcv.reader import Reader
         self.packed = open_packed(path)
-        reader = Reader(os.fspath(path))
-        image_md = reader.metadata[f"f{reader.field_names.index('image')}"]
-        if (image_md["mode"] != 0).any():
-            raise FastvipError(f"{path} stores raw pixels for {int((image_md['mode'] != 0).sum())} images; "
+        rec = image_records(path)
+        if (rec.modes != 0).any():
+            raise FastvipError(f"{path} stores raw pixels for {int((rec.modes != 0).sum())} images; "
                                "the DALI loader reads JPEG storage only (use loader ffcv, or re-pack with "
                                "fastvip pack)")
-        # FFCV keeps no per-image byte count; its allocation table maps each pointer to a size.
-        table = np.sort(reader.alloc_table, order="ptr")
-        pos = np.searchsorted(table["ptr"], image_md["data_ptr"])
-        sizes = table["size"][pos].astype(np.int64)
         self.rank, self.world, local = process_batch(batch_size, train, pk)
         if auto_augment not in AUGMENTS:
             raise FastvipError(f"auto_augment must be one of {', '.join(AUGMENTS)}")
@@ -121,9 +115,7 @@ class DALILoader:
         self.auto_augment = auto_augment if train else "none"
         self.views = views if train else 1
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
-        self._source_args = (path, image_md["data_ptr"].astype(np.int64), sizes,
-                             image_md["height"].astype(np.int64), image_md["width"].astype(np.int64),
-                             self.packed.labels, all_idx)
+        self._source_args = (path, rec.ptrs, rec.sizes, rec.heights, rec.widths, self.packed.labels, all_idx)
         self._source_kw = dict(train=train, batch_size=local, seed=seed, rank=self.rank, world=self.world,
                                crop_scale=crop_scale, eval_crop=eval_crop, views=self.views, pk=pk)
         probe = BatchSource(*self._source_args, base_epoch=0, **self._source_kw)

@@ -8,6 +8,7 @@ of the same 16 images, so the weights agree up to float summation order.
 """
 import dataclasses
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_loader_shards_are_disjoint_and_cover_the_data(colour_data, tmp_path, cp
     assert p.returncode == 0, p.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     from fastvip.loaders import build_loader
-    for kind in ("ffcv", "dali"):
+    for kind in ("ffcv", "dali", "resident"):
         single = build_loader(kind, colour_data["train"], train=True, batch_size=16, image_size=16,
                               device=torch.device("cpu"), seed=5, workers=1)
         single.set_epoch(1)
@@ -113,6 +114,11 @@ def test_loader_shards_are_disjoint_and_cover_the_data(colour_data, tmp_path, cp
         (v0, n0), (v1, n1) = r0[f"{kind}_val"], r1[f"{kind}_val"]
         assert n0 + n1 == 48 and len(v0) + len(v1) == 48
         assert torch.equal(torch.sort(torch.cat([v0, v1])).values, torch.arange(4).repeat_interleave(12))
+    # resident: one train store per machine, mapped by both processes; each eval store holds its shard
+    (t0, e0), (t1, e1) = r0["resident_store"], r1["resident_store"]
+    assert t0["where"] == t1["where"] == "host shared by 2 local processes" and t0["images"] == 96
+    assert e0["images"] + e1["images"] == 48 and e0["where"] == "host"
+    assert not list(Path("/dev/shm").glob("fastvip-resident-*"))  # the shared name is gone
 
 
 def test_sync_bn_across_cpu_processes_is_a_clear_error(colour_data, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 cpu = torch.device("cpu")
 result = {}
-for kind in ("ffcv", "dali"):
+for kind in ("ffcv", "dali", "resident"):
     common = dict(image_size=16, device=cpu, seed=5, workers=1)
     loader = build_loader(kind, train, train=True, batch_size=16, **common)
     loader.set_epoch(1)
@@ -21,5 +21,7 @@ for kind in ("ffcv", "dali"):
     result[f"{kind}_pk"] = [y.clone() for _, y in pk]
     ev = build_loader(kind, val, train=False, batch_size=16, **common)
     result[f"{kind}_val"] = torch.cat([y.clone() for _, y in ev]), ev.num_samples
+    if kind == "resident":  # where each process keeps the pixels
+        result["resident_store"] = loader.store, ev.store
 torch.save(result, f"{out}/rank{rank}.pt")
 dist.destroy_process_group()
