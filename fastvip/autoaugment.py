@@ -164,7 +164,8 @@ def _apply_grouped(out: torch.Tensor, ops: Sequence[str], op_idx: torch.Tensor, 
         magnitude = float(magnitudes[bin_].item()) if bin_ >= 0 and magnitudes.ndim > 0 else 0.0
         if key % 2:
             magnitude = -magnitude
-        idx = torch.nonzero(keys == key).flatten().to(out.device)
+        idx = torch.nonzero(keys == key).flatten()  # on the host: the draws are host-side
+        idx = idx.pin_memory().to(out.device, non_blocking=True) if out.is_cuda else idx.to(out.device)
         out.index_copy_(0, idx, _apply(out.index_select(0, idx), op_name, magnitude, fill))
 
 

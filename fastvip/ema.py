@@ -23,7 +23,9 @@ class EMA:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
+    def update(self, model: torch.nn.Module, step: int, skip: torch.Tensor | None = None) -> None:
+        """Move toward ``model``'s weights; ``skip`` (a 0/1 device tensor: the step was skipped
+        for a NaN/inf loss) leaves the floating-point state as it was, without a host read."""
         d = self.decay_at(step)
         floats_e, floats_m = [], []
         for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
@@ -32,7 +34,12 @@ class EMA:
                 floats_m.append(m.detach())
             else:
                 e.copy_(m)  # integer buffers (BatchNorm's num_batches_tracked) are copied
-        torch._foreach_lerp_(floats_e, floats_m, 1.0 - d)
+        if skip is None:
+            torch._foreach_lerp_(floats_e, floats_m, 1.0 - d)
+            return
+        step_ = torch._foreach_sub(floats_m, floats_e)  # e += (m - e) * (1 - d) * (1 - skip)
+        torch._foreach_mul_(step_, (1.0 - d) * (1.0 - skip))
+        torch._foreach_add_(floats_e, step_)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

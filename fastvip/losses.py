@@ -130,14 +130,13 @@ def batch_hard_triplet(embeddings: torch.Tensor, labels: torch.Tensor,
         emb = F.normalize(emb, dim=1)
     dist = _pairwise_distances(emb)
     pos, neg, valid = _hard_pairs(dist, labels)
-    if not bool(valid.any()):
-        return embeddings.sum() * 0.0
-    rows = valid.nonzero(as_tuple=True)[0]
-    d_ap = dist[rows, pos[rows]]
-    d_an = dist[rows, neg[rows]]
-    if margin is None:
-        return F.softplus(d_ap - d_an).mean()
-    return F.relu(d_ap - d_an + margin).mean()
+    # masked mean over the valid anchors: no host read of how many there are (a training step
+    # must not wait on the GPU); with none, a zero still connected to ``embeddings``
+    d_ap = dist.gather(1, pos.clamp(min=0)[:, None]).squeeze(1)
+    d_an = dist.gather(1, neg.clamp(min=0)[:, None]).squeeze(1)
+    per = F.softplus(d_ap - d_an) if margin is None else F.relu(d_ap - d_an + margin)
+    weight = valid.to(per.dtype)
+    return (per * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 # --------------------------------------------------------------------------- ArcFace
@@ -259,15 +258,14 @@ def contrastive_regularization(probs: torch.Tensor, soft_labels: torch.Tensor,
         o = F.normalize(o, dim=1)
     pos = cr_positive_mask(soft_labels, delta)
     n_pos = pos.sum(dim=1)
-    anchors = n_pos > 0
-    if not bool(anchors.any()):
-        return probs.sum() * 0.0
+    anchors = (n_pos > 0).to(o.dtype)
     sim = (o @ o.t()) / tau
     eye = torch.eye(len(o), dtype=torch.bool, device=o.device)
     log_den = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
     log_prob = sim - log_den
-    per_anchor = -(log_prob * pos).sum(dim=1)[anchors] / n_pos[anchors]
-    return per_anchor.mean()
+    # masked mean over the anchors (no host read); with none, a zero connected to ``probs``
+    per_anchor = -(log_prob * pos).sum(dim=1) / n_pos.clamp(min=1)
+    return (per_anchor * anchors).sum() / anchors.sum().clamp(min=1.0)
 
 
 # --------------------------------------------------------------------------- Mean Teacher

@@ -12,7 +12,7 @@ import itertools
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     ctx = StepContext(recipe, device, amp, len(classes), in_pipeline(train_loader), channels_last,
                       rank=ddp.rank, world=ddp.world,
                       teacher=ema.module if recipe.mt_weight > 0 else None,
-                      no_sync=wrapped.no_sync if ddp.world > 1 else None)
+                      no_sync=wrapped.no_sync if ddp.world > 1 else None,
+                      skip_on_device=skips_on_device(recipe, device, amp))
 
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = round(recipe.warmup_epochs * steps_per_epoch)
@@ -205,11 +206,25 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             done, skipped = (mid["done"], mid["skipped"]) if mid else (0, 0)
             t0 = time.perf_counter() - (mid["seconds"] if mid else 0.0)
             mid = None
+            unread = []  # device-side skip flags (train_step with skip_on_device), read at intervals
+
+            def count_skipped() -> None:
+                nonlocal done, skipped, nonfinite
+                if not unread:
+                    return
+                n_bad = int(torch.stack(unread).sum().item())
+                unread.clear()
+                done, skipped, nonfinite = done - n_bad, skipped + n_bad, nonfinite + n_bad
+                if nonfinite > recipe.max_nonfinite_steps:
+                    raise FastvipError(
+                        f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
+                        f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, {_last_good(run_dir)}")
             with console.progress(f"epoch {epoch + 1}/{recipe.epochs}", steps_per_epoch * images_per_step) as bar:
                 batches = iter(train_loader)
                 for i in range(first, steps_per_epoch):
                     action = stopper.poll(step) if i > first else None
                     if action is not None:  # a step boundary inside the epoch: i steps done
+                        count_skipped()
                         # the loss sums so far, averaged over processes: each resumes from the mean
                         partial = _epoch_means(sums, 1, ddp.world, device) if sums else {}
                         if ddp.main:
@@ -228,26 +243,27 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                                        mt_ramp=losses.rampup(step, rampup_steps))
                     step += 1
                     if terms is None:
-                        nonfinite += 1
-                        skipped += 1
-                        if nonfinite > recipe.max_nonfinite_steps:
-                            raise FastvipError(
-                                f"loss was NaN/inf in {nonfinite} steps (max_nonfinite_steps="
-                                f"{recipe.max_nonfinite_steps}); stopped in epoch {epoch + 1}, "
-                                f"{_last_good(run_dir)}")
+                        unread.append(torch.ones((), device=device))
+                        done += 1
+                        count_skipped()
                         continue
+                    bad = terms.pop("nonfinite", None)
+                    if bad is not None:
+                        unread.append(bad)
                     if ema is not None:
-                        ema.update(model, step - 1)
+                        ema.update(model, step - 1, skip=bad)
                     for name, value in terms.items():
                         sums[name] = sums.get(name, 0.0) + value.detach()
                     done += 1
                     if step % 10 == 0 or i + 1 == steps_per_epoch:
+                        count_skipped()
                         loss = terms["train_loss"].item()
                         bar.advance((i + 1) * images_per_step - bar.done, step=step,
                                     loss=f"{loss:.3f}", lr=f"{lr:.4g}")
                         board.step(step, loss, lr)
                 for _ in batches:  # fewer than grad_accum left over: let the loader finish its epoch
                     pass
+                count_skipped()
             train_time = time.perf_counter() - t0
             rates.append(done * images_per_step / train_time)
             if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -330,7 +346,11 @@ class StepContext:
     world: int = 1
     teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode (why: train_step)
     no_sync: object = None             # DDP's no_sync, for all but the last micro-batch
+    skip_on_device: bool = False       # NaN/inf steps skipped without a host read (skips_on_device)
     generator: torch.Generator | None = None
+    # AutoAugment / RandAugment pick a kernel per group of samples, so the host must know the
+    # draws: drawn on the host, the device never has to hand them back
+    host_generator: torch.Generator = field(default_factory=torch.Generator)
 
     def __post_init__(self):
         if self.generator is None:
@@ -345,9 +365,11 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, 
     """
     r = ctx.recipe
     key = [r.seed & 0xFFFFFFFF, step, micro, ctx.rank, 0xA06]
-    ctx.generator.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    device_seed, host_seed = np.random.SeedSequence(key).generate_state(2, np.uint64) >> np.uint64(1)
+    ctx.generator.manual_seed(int(device_seed))
     if r.auto_augment != "none" and not ctx.augmented:
-        images = augment_batch(images, ctx.generator, r.auto_augment)
+        ctx.host_generator.manual_seed(int(host_seed))
+        images = augment_batch(images, ctx.host_generator, r.auto_augment)
     x = normalize(images, channels_last=ctx.channels_last)
     if r.random_erasing > 0:
         x = random_erasing(x, ctx.generator, p=r.random_erasing)
@@ -373,13 +395,22 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                mt_ramp: float = 1.0) -> dict[str, torch.Tensor] | None:
     """One optimiser step over ``n`` micro-batches of uint8 images (an iterable, consumed in order).
 
-    Returns the (weighted) loss terms and ``train_loss``, averaged over the micro-batches,
-    or None when a loss was NaN/inf: the step is then skipped on every process before any
-    backward (one host sync per step; GradScaler makes one too). With fp16, steps whose
-    *gradients* overflow are GradScaler's business and are not counted here.
+    Returns the (weighted) loss terms and ``train_loss``, averaged over the micro-batches.
+    A NaN/inf loss skips the step on every process, one of two ways:
+
+    - ``ctx.skip_on_device`` (a fused optimiser, no GradScaler) once the optimiser has state:
+      nothing is read back. The step runs with the fused kernel's ``found_inf`` set from the
+      losses (agreed over processes by an all-reduce on the device), so it changes no weight
+      or optimiser state; the returned terms carry ``nonfinite`` (0/1, on the device; the
+      other terms are 0 when it is 1) for the caller to count at its own read interval.
+    - otherwise: None, decided before any backward (one host read per micro-batch).
+
+    With fp16, steps whose *gradients* overflow are GradScaler's business and are not counted.
     """
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
+    on_device = ctx.skip_on_device and bool(optimizer.state)  # a fused kernel's first step must run
+    bad = None
     for i, (images, labels) in enumerate(micro_batches):
         x, targets, dominant = prepare_batch(images, labels, ctx, step, i)
         sync = contextlib.nullcontext() if ctx.no_sync is None or i == n - 1 else ctx.no_sync()
@@ -398,18 +429,38 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                 terms = loss_terms(ctx.recipe, out, targets, dominant, teacher_logits=teacher_logits,
                                    mt_ramp=mt_ramp)
             loss = sum(terms.values())
-            finite = torch.isfinite(loss.detach()).float().reshape(1)
-            if distributed.all_reduce_sum(finite).item() < ctx.world:
-                optimizer.zero_grad(set_to_none=True)
-                for _ in micro_batches:  # the skipped step still uses up its micro-batches
-                    pass
-                return None
+            if on_device:
+                here = (~torch.isfinite(loss.detach())).to(torch.float32)
+                bad = here if bad is None else torch.maximum(bad, here)
+            else:
+                finite = torch.isfinite(loss.detach()).float().reshape(1)
+                if distributed.all_reduce_sum(finite).item() < ctx.world:
+                    optimizer.zero_grad(set_to_none=True)
+                    for _ in micro_batches:  # the skipped step still uses up its micro-batches
+                        pass
+                    return None
             scaler.scale(loss / n).backward()
         for name, value in [*terms.items(), ("train_loss", loss)]:
             totals[name] = totals.get(name, 0.0) + value.detach() / n
+    if on_device:
+        bad = distributed.all_reduce_max(bad)  # on the device: no process waits on its host
+        optimizer.found_inf = bad  # read by torch's fused kernels: 1 = change nothing
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+        totals = {k: torch.where(bad > 0, torch.zeros_like(v), v) for k, v in totals.items()}
+        totals["nonfinite"] = bad
+        return totals
     scaler.step(optimizer)
     scaler.update()
     return totals
+
+
+def skips_on_device(recipe: Recipe, device: torch.device, amp) -> bool:
+    """Whether a NaN/inf step can be skipped without a host read (see :func:`train_step`):
+    a fused optimiser (its kernels take ``found_inf``) and no fp16 GradScaler."""
+    return optimizer_impl(recipe, device) == "fused" and amp != torch.float16
 
 
 def _check_setting(recipe: Recipe, ddp: distributed.Dist, device: torch.device) -> None:

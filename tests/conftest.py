@@ -41,6 +41,17 @@ def make_colour_tree(root: Path, per_class: int, seed: int, classes: int = 4) ->
     return root
 
 
+def pytest_collection_modifyitems(config, items):
+    """``cuda``-marked tests are skipped, with the reason, where torch sees no CUDA device."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (the GPU check runs these: tools/gpu_check.sh)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def colour_data(tmp_path_factory) -> dict:
     """Packed train (4 x 24) and val (4 x 12) colour sets, plus an unlabelled test set."""
