@@ -79,3 +79,17 @@ def test_time_to_accuracy_counts_a_cut_segment_up_to_its_last_checkpointed_epoch
     assert [p["top1"] for p in tta.curve(segments, epochs, "raw")] == [5.0, 7.0, 9.0]
     assert tta.same_machine({"cpu": "x", "cores": 2, "cpu_flags_sha1": "a", "gpu": None, "torch": "2"},
                             {"cpu": "x", "cores": 2, "cpu_flags_sha1": "b", "gpu": None, "torch": "2"}) is False
+
+
+def test_gpu_check_without_a_gpu_reports_every_part_skipped(tmp_path, cpu_env):
+    p = subprocess.run([sys.executable, "tools/gpu_check.py", "--out", str(tmp_path)], cwd=REPO, env=cpu_env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(doc["parts"]) == ["correctness", "throughput", "memory"]
+    assert all(r["status"] == "skipped" and r["reason"] == "no CUDA device" for r in doc["parts"].values())
+    assert doc["machine"]["cuda"] is False and "| correctness | skipped |" in (tmp_path / "gpu_check.md").read_text()
+    bad = subprocess.run([sys.executable, "tools/gpu_check.py", "--parts", "speed", "--out", str(tmp_path)],
+                         cwd=REPO, env=cpu_env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "gpu_check: unknown part 'speed'; choose from correctness, throughput, memory"]

@@ -1,8 +1,7 @@
 # Source on the GPU machine, in the repository root, after carrying device_kit/core
 # (built here by tools/device_kit.sh):   . device_kit/core/device_env.sh
 #
-# Installs ffcv (and DALI, when its parts were staged in /tmp/dali_parts by earlier calls)
-# under /tmp/site, puts the carried shared libraries first on LD_LIBRARY_PATH and the
+# Installs ffcv under /tmp/site, puts the carried shared libraries first on LD_LIBRARY_PATH and the
 # region decoder built for this Python beside its source. Nothing is written outside /tmp
 # and the working tree.
 _kit="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,14 +9,6 @@ _root="$(cd "$_kit/../.." && pwd)"
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "$_kit"/wheels/*.whl
-if ls /tmp/dali_parts/part_* >/dev/null 2>&1 && [ ! -e /tmp/dali_wheels/.done ]; then
-    mkdir -p /tmp/dali_wheels
-    cat /tmp/dali_parts/part_* | tar -C /tmp/dali_wheels -xf -
-    (cd /tmp/dali_wheels && sha256sum -c --quiet SHA256SUMS)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        /tmp/dali_wheels/*.whl
-    touch /tmp/dali_wheels/.done
-fi
 cp "$_kit"/loaders/_jpeg.*.so "$_root/loaders/"
 # the working tree runs uninstalled: give it the installed layout (loaders/ is fastvip.loaders)
 ln -sfn ../loaders "$_root/fastvip/loaders"
@@ -25,5 +16,3 @@ export PYTHONPATH="/tmp/site:$_root${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$_kit/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 set +e
 python3 -c 'import ffcv, fastvip.loaders.jpeg; print("device_env: ffcv", ffcv.__version__, "and the region decoder import")'
-python3 -c 'import nvidia.dali as d; print("device_env: DALI", d.__version__)' 2>/dev/null ||
-    echo "device_env: no DALI (stage its parts in /tmp/dali_parts first; see benchmarks/GPU_SESSION.md)"
