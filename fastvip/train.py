@@ -409,7 +409,8 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     """
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
-    on_device = ctx.skip_on_device and bool(optimizer.state)  # a fused kernel's first step must run
+    # a fused kernel's first step must run: a skipped one would leave its momentum buffers unset
+    on_device = ctx.skip_on_device and (bool(optimizer.state) or step > 0)
     bad = None
     for i, (images, labels) in enumerate(micro_batches):
         x, targets, dominant = prepare_batch(images, labels, ctx, step, i)

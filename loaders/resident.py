@@ -254,6 +254,8 @@ class ResidentLoader:
         self.image_size = self.size = image_size
         self.epoch, self.start_batch = 0, 0
         self.backend = ("matmul" if device.type == "cuda" else "kernel") if backend == "auto" else backend
+        if self.backend == "kernel" and device.type == "cuda":
+            raise FastvipError("the resident loader's kernel backend runs on the CPU; on CUDA use backend auto")
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices, np.int64)
         self.indices = all_idx if train else eval_shard(all_idx, self.world, self.rank)
         self.num_samples = len(self._order(0)) if train else len(self.indices)
@@ -285,7 +287,12 @@ class ResidentLoader:
             budget, free, margin = _free_bytes(torch.device("cpu"))
         shared = collective and local_world > 1 and where == "host"
         per_machine = nbytes * (1 if shared or where != "host" else local_world)
-        if where == "host" and per_machine > budget:
+        fits = not (where == "host" and per_machine > budget)
+        if collective:  # every process learns that one does not fit, so none waits in a barrier
+            from fastvip.distributed import agree
+            agree(fits, f"resident loader: the {len(keep)} images of {path} do not fit in some process's "
+                        f"memory (its log says how much; a smaller resident_size would)", self.device)
+        if not fits:
             fit = _fitting_size(rec.heights[keep], rec.widths[keep],
                                 budget // (1 if shared else local_world), packed_longest)
             hint = (f"resident_size {fit} would fit ({_gb(store_bytes(rec.heights[keep], rec.widths[keep], fit))})"
@@ -299,9 +306,18 @@ class ResidentLoader:
         self.store_tensor = store
         self.store = {"where": where + note, "bytes": nbytes, "images": int(len(keep)),
                       "resident_size": resident_size or packed_longest, "width": width}
+        failed = None
         if decode:
-            self._decode(rec, keep, h, w, store, console, path)
-        if collective:
+            try:
+                self._decode(rec, keep, h, w, store, console, path)
+            except FastvipError as e:
+                failed = e
+                if not collective:
+                    raise
+        if collective:  # a failed decode (of a shared store especially) stops every process
+            from fastvip.distributed import agree
+            agree(failed is None, str(failed) if failed else f"resident loader: decoding {path} failed in "
+                                                              "another process", self.device)
             _barrier()  # a shared store is decoded and every local process has mapped it
             if local_rank == 0 and self._shm is not None:
                 self._shm.unlink(missing_ok=True)  # the mappings stay; nothing is left in /dev/shm

@@ -74,17 +74,29 @@ def run_part(cmd: list[str], log: Path, budget: float) -> tuple[str, float, int 
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
         p = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
         try:
             rc = p.wait(timeout=max(1.0, budget))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGTERM)
+            timed_out = True
+            _signal_group(p.pid, signal.SIGINT)  # pytest writes its JUnit XML on an interrupt
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            return "timeout", time.monotonic() - t0, None
+                pass
+        # whatever the leader did, nothing of the part may live on into the next (GPU memory)
+        _signal_group(p.pid, signal.SIGKILL)
+        p.wait()
+    if timed_out:
+        return "timeout", time.monotonic() - t0, None
     return ("passed" if rc == 0 else "failed"), time.monotonic() - t0, rc
+
+
+def _signal_group(pid: int, sig) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):  # already gone
+        pass
 
 
 def _missing(have: dict, *needs: str) -> str | None:
@@ -103,6 +115,7 @@ def correctness(have, out: Path, budget: float) -> dict:
     if why:
         return {"status": "skipped", "reason": why}
     xml = out / "cuda_tests.xml"
+    xml.unlink(missing_ok=True)  # a stale report must not pass for this run's
     status, secs, rc = run_part([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py",
                                  "-p", "no:cacheprovider", f"--junitxml={xml}"], out / "correctness.log", budget)
     figures = {}
