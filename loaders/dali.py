@@ -30,7 +30,7 @@ from fastvip.pack import image_records, open_packed
 
 from fastvip.recipe import AUGMENTS
 
-from .keyed import (checked_size, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
+from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
                     train_order, view_key)
 
 
@@ -85,7 +85,7 @@ class BatchSource:
                 [np.array(self.labels[i], np.int64) for i in idx])
 
 
-class DALILoader:
+class DALILoader(EpochState):
     """The DALI path of the loader interface (see :mod:`fastvip.loaders`)."""
 
     name = "dali"
@@ -122,19 +122,6 @@ class DALILoader:
         self.num_samples = len(probe.shard(0))
         self.epoch = 0
         self._pipe, self._next_epoch, self._built_size = None, None, None
-
-    @property
-    def classes(self) -> list[str]:
-        return self.packed.classes
-
-    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
-        self.epoch = int(epoch)
-        self.start_batch = int(start_batch) if self.train else 0
-        self.size = checked_size(image_size, self.size, self.image_size)
-
-    def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types

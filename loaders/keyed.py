@@ -240,3 +240,22 @@ def checked_size(requested: int | None, current: int, largest: int) -> int:
         raise FastvipError(f"output size {size} is outside [8, {largest}]: build the loader with "
                            f"image_size >= the largest size the schedule asks for")
     return size
+
+
+class EpochState:
+    """The loader interface's bookkeeping shared by the loaders that count batches themselves
+    (DALI, resident): ``classes``, ``set_epoch`` and ``__len__`` over ``packed``, ``train``,
+    ``num_samples``, ``batch_size`` (per process), ``size`` and ``image_size``."""
+
+    @property
+    def classes(self) -> list[str]:
+        return self.packed.classes
+
+    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch) if self.train else 0
+        self.size = checked_size(image_size, self.size, self.image_size)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.train else -(-n // self.batch_size)

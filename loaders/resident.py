@@ -47,7 +47,7 @@ from fastvip.errors import FastvipError
 from fastvip.pack import image_records, open_packed
 
 from .jpeg import resize as _area_resize
-from .keyed import (checked_size, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
+from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
                     train_order, view_key)
 
 GiB = 1 << 30
@@ -230,7 +230,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-class ResidentLoader:
+class ResidentLoader(EpochState):
     """The resident path of the loader interface (see :mod:`fastvip.loaders` and this module)."""
 
     name = "resident"
@@ -386,19 +386,6 @@ class ResidentLoader:
                 start = end
 
     # -- the loader interface
-
-    @property
-    def classes(self) -> list[str]:
-        return self.packed.classes
-
-    def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
-        self.epoch = int(epoch)
-        self.start_batch = int(start_batch) if self.train else 0
-        self.size = checked_size(image_size, self.size, self.image_size)
-
-    def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def _order(self, epoch: int) -> np.ndarray:
         if not self.train:
