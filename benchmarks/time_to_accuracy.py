@@ -2,8 +2,9 @@
 
 Each run is a separate process, started one after another (run nothing else meanwhile), and its
 wall time counts from process start to exit: start-up, loading, training, every evaluation and
-checkpoint. Every run trains on the train split only and is validated on all of val after every
-epoch. The baseline is ``benchmarks/baseline_torchvision.py`` unchanged (timm ResNet-18 at 64 px,
+checkpoint. Every run trains on the train split only and is validated on all of val: the baseline
+after every epoch, a recipe after every ``eval_every``-th epoch and the last (the curve's other
+epochs have ``top1`` None). The baseline is ``benchmarks/baseline_torchvision.py`` unchanged (timm ResNet-18 at 64 px,
 SGD Nesterov, one warm-up epoch then cosine, label smoothing 0.1), 30 epochs. fastvip's one-time
 ``pack`` of the splits, paid once per dataset, is timed and reported beside the runs, not in them.
 

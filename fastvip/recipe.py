@@ -44,6 +44,7 @@ class Recipe:
     res_multiple: int = 32              # sizes inside the ramp are rounded to a multiple of this
     crop_scale_min: float = 0.08        # random-resized-crop area range is [crop_scale_min, 1]
     eval_crop: float = 0.875            # eval: centre crop of this fraction of the shorter side
+    eval_every: int = 1                 # validate after every N-th epoch and after the last
     tta_scales: tuple[int, ...] | None = None  # predict --tta multiscale sizes; None = image_size x (1, 320/224, 380/224, 448/224)
     tencrop_size: int | None = None     # predict --tta tencrop view size; None = 2 x image_size
     # augmentation on the device, after decode (see fastvip.augment, fastvip.mix)
@@ -160,6 +161,7 @@ class Recipe:
             (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0 = at epoch ends only)"),
             (0 <= self.res_ramp_start <= self.res_ramp_end, "res_ramp_start must be in [0, res_ramp_end]"),
             (0 < self.eval_crop <= 1, "eval_crop must be in (0, 1]"),
+            (self.eval_every >= 1, "eval_every must be >= 1 (1 = validate every epoch)"),
             (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
@@ -220,6 +222,11 @@ FIELD_TYPES = typing.get_type_hints(Recipe)
 def eval_resolution(recipe: Recipe) -> int:
     """The size a recipe is validated at, and predicted at with ``--tta none|flip``."""
     return recipe.eval_size or recipe.image_size
+
+
+def validates(recipe: Recipe, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (from 0) ends with validation: every ``eval_every``-th, and the last."""
+    return (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs
 
 
 def train_resolution(recipe: Recipe, epoch: int) -> int:

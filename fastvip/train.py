@@ -278,7 +278,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                     if not line["weights_in_sync"]:
                         raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
                 scores = {}
-                if val_loader is not None:
+                if val_loader is not None and recipe_mod.validates(recipe, epoch):
                     scores["raw"] = evaluate(model, val_loader, device, amp, channels_last)
                     line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
                     if ema is not None:
@@ -292,8 +292,9 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                 improved = best["top1"] is None or (top1 is not None and top1 > best["top1"])
                 if improved:
                     best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
-                # the figure to report: the declared weights at the latest epoch, no choice made on val
-                last = _last_scores(scores, shipped, epoch + 1)
+                # the figure to report: the declared weights at the latest validated epoch, no choice made on val
+                if scores or val_loader is None:
+                    last = _last_scores(scores, shipped, epoch + 1)
                 if epoch + 1 == recipe.epochs:
                     line.update(last_top1=last["last_top1"], last_weights=shipped)
                 if ddp.main:

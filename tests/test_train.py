@@ -54,9 +54,10 @@ def test_two_epochs_learn_the_easy_set(colour_data, tmp_path):
 def test_resume_equals_uninterrupted(colour_data, tmp_path):
     # device augmentation included: its draws are keyed on (seed, step), not on history; cut in the
     # middle of a progressive-resizing ramp (16 -> 20 -> 24 px over 3 epochs), validated at 28 px
+    # after epochs 2 and 3 only (eval_every=2, and the last)
     recipe = _recipe(colour_data, ema=True, ema_decay=0.9, auto_augment="autoaugment", mix_prob=0.5,
                      random_erasing=0.25, epochs=3, res_start=16, res_ramp_start=0, res_ramp_end=2,
-                     res_multiple=4, eval_size=28)
+                     res_multiple=4, eval_size=28, eval_every=2)
     run(recipe, tmp_path / "full", console=Q)
     run(recipe, tmp_path / "cut", console=Q, stop_after=1)
     assert [e["epoch"] for e in _metrics(tmp_path / "cut")[1:]] == [1]
@@ -78,9 +79,12 @@ def test_resume_equals_uninterrupted(colour_data, tmp_path):
     cl = [l for l in lines if l["event"] == "epoch"]
     assert [l["image_size"] for l in cl] == [l["image_size"] for l in fl] == [16, 20, 24]
     assert {s["eval_size"] for s in starts} == {28}
+    assert ["val_top1" in l for l in cl] == ["val_top1" in l for l in fl] == [False, True, True]
     for a, b in zip(cl, fl):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_top1"] == pytest.approx(b["val_top1"], abs=1e-6)
+        assert a.get("val_top1") == pytest.approx(b.get("val_top1"), abs=1e-6)
+    best = json.loads((tmp_path / "cut" / "best.json").read_text())
+    assert best["epoch"] in (2, 3) and best["last_epoch"] == 3  # chosen among validated epochs only
 
 
 def test_same_seed_same_losses_and_resume_needs_same_recipe(colour_data, tmp_path):
