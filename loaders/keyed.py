@@ -180,6 +180,20 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local))
 
 
+def torch_threads() -> int:
+    """Intra-op threads for torch in this process: ``OMP_NUM_THREADS`` when set (torchrun sets
+    it), else the cores this process may run on shared by the processes torchrun started here.
+    Importing FFCV sets torch's count to 1 and its ``Loader`` sets it to its worker count
+    (``ffcv.pipeline.compiler.Compiler.set_num_threads``); :func:`fastvip.loaders.build_loader`
+    puts this back, or a CPU run would train on one core of two."""
+    import os
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
+
+
 def process_batch(batch_size: int, train: bool, pk: int = 0) -> tuple[int, int, int]:
     """(rank, world, this process's batch): a global train batch is split evenly over the
     processes (eval batches are per process); one-line errors when it cannot be."""

@@ -155,3 +155,17 @@ def test_one_epoch_run_with_resident(colour_data, tmp_path):
     assert start["loader"] == "resident" and start["store"]["train"]["where"] == "host"
     assert start["store"]["train"]["images"] == 96 and start["store"]["val"]["images"] == 48
     assert epoch["epoch"] == 1 and epoch["val_n"] == 48 and epoch["val_top1"] > 25.0
+
+
+@pytest.mark.parametrize("kind", ["resident", "ffcv"])
+def test_build_loader_keeps_torch_threads(colour_data, monkeypatch, kind):
+    """FFCV's import sets torch to one intra-op thread and its Loader to its worker count:
+    build_loader puts back the process's share, or CPU training runs on one core."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _loader(kind, colour_data["train"], False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
