@@ -7,9 +7,10 @@
 # instead of the baseline's 30. No AutoAugment: on 2 CPU cores its per-batch cost would take
 # epochs away. The fast recipe's batch 64 and bf16 stay; validation every 10th epoch; the
 # training size ramps 40 -> 64 px over epochs 30-100 and ends at the validation size. The
-# resident loader decodes the 10,000 images once: at 32 px it trained 1.26x faster than FFCV,
-# which decodes every epoch on the same two cores (throughput.py --mode e2e, batch 64: 218 vs
-# 173 img/s, Intel Xeon with AMX).
+# resident loader decodes the 10,000 images once, where FFCV decodes every epoch on the same
+# two cores: at 32 px, 218 against FFCV's 173 img/s (throughput.py --mode e2e, batch 64, Intel
+# Xeon with AMX) while torch still ran on one thread (fixed in 92fb7aa); this recipe's own
+# 40-px epochs then went from 77-98 to 205-216 img/s.
 # Submission: the same recipe on train + val (--set train_data=TRAIN,VAL val_data=).
 import dataclasses
 from pathlib import Path
