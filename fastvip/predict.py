@@ -60,8 +60,6 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
         from fastvip.loaders.ffcv import FFCVLoader  # whole images on a canvas; views are cut on the device
         loader = FFCVLoader(data, train=False, batch_size=batch_size, image_size=size,
                             device=device, workers=recipe.workers, canvas=True)
-        from fastvip.loaders.keyed import torch_threads
-        torch.set_num_threads(torch_threads())  # FFCV's Loader sets it to its worker count
     else:
         loader = build_loader(recipe.loader, data, train=False, batch_size=batch_size,
                               image_size=size, device=device, workers=recipe.workers,

@@ -85,12 +85,9 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
     extra = {"auto_augment": auto_augment if train else "none"} if in_pipeline(loader_cls) else {}
     if kind == "resident":
         extra.update(resident_size=resident_size, console=console)
-    loader = loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
-                        device=device, seed=seed, workers=workers, eval_crop=eval_crop,
-                        crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0, **extra)
-    from .keyed import torch_threads
-    torch.set_num_threads(torch_threads())  # FFCV's import and Loader change it (torch_threads)
-    return loader
+    return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
+                      device=device, seed=seed, workers=workers, eval_crop=eval_crop,
+                      crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0, **extra)
 
 
 def in_pipeline(loader) -> bool:

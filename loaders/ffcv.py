@@ -40,7 +40,7 @@ from fastvip.pack import open_packed
 
 from .jpeg import decode_region, resize
 from .keyed import (DRAW_FLIP, checked_size, crop_window, default_workers, epoch_key, eval_shard, process_batch,
-                    train_order, uniform, view_key)
+                    torch_threads, train_order, uniform, view_key)
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
@@ -317,6 +317,7 @@ class FFCVLoader:
             # better whenever the file fits in RAM (and is shared between processes).
             os_cache=self.os_cache, order=self._order, drop_last=train, pipelines=pipelines,
             batches_ahead=batches_ahead, seed=seed, indices=all_idx)
+        torch.set_num_threads(torch_threads())  # FFCV's import and Loader set it (torch_threads)
         self.num_samples = len(self._order.sample_order(0)) if train else len(all_idx)
 
     @property

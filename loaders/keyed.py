@@ -176,22 +176,26 @@ def default_workers() -> int:
     """Decode threads when the recipe says 0: this machine's cores shared by the processes
     torchrun started on it (``LOCAL_WORLD_SIZE``), so 8 processes do not each take all."""
     import os
+    return _per_process(os.cpu_count() or 1)
+
+
+def _per_process(cores: int) -> int:
+    """``cores`` shared by the processes torchrun started on this machine (at least 1)."""
+    import os
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, (os.cpu_count() or 1) // max(1, local))
+    return max(1, cores // max(1, local))
 
 
 def torch_threads() -> int:
     """Intra-op threads for torch in this process: ``OMP_NUM_THREADS`` when set (torchrun sets
     it), else the cores this process may run on shared by the processes torchrun started here.
     Importing FFCV sets torch's count to 1 and its ``Loader`` sets it to its worker count
-    (``ffcv.pipeline.compiler.Compiler.set_num_threads``); :func:`fastvip.loaders.build_loader`
-    puts this back, or a CPU run would train on one core of two."""
+    (``ffcv.pipeline.compiler.Compiler.set_num_threads``); the FFCV and resident loaders put
+    this back once built, or a CPU run would train on one core of two."""
     import os
     if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, cores // max(1, local))
+    return _per_process(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def process_batch(batch_size: int, train: bool, pk: int = 0) -> tuple[int, int, int]:

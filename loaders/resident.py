@@ -48,7 +48,7 @@ from fastvip.pack import image_records, open_packed
 
 from .jpeg import resize as _area_resize
 from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
-                    train_order, view_key)
+                    torch_threads, train_order, view_key)
 
 GiB = 1 << 30
 _LOG_LO, _LOG_HI = float(np.log(3 / 4)), float(np.log(4 / 3))
@@ -260,6 +260,7 @@ class ResidentLoader(EpochState):
         self.indices = all_idx if train else eval_shard(all_idx, self.world, self.rank)
         self.num_samples = len(self._order(0)) if train else len(self.indices)
         self.heights, self.widths = self.packed.heights, self.packed.widths
+        torch.set_num_threads(torch_threads())  # importing FFCV's kernels (module top) set it to 1
         self._load(path, resident_size, console)
 
     # -- the store

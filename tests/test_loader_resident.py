@@ -160,7 +160,7 @@ def test_one_epoch_run_with_resident(colour_data, tmp_path):
 @pytest.mark.parametrize("kind", ["resident", "ffcv"])
 def test_build_loader_keeps_torch_threads(colour_data, monkeypatch, kind):
     """FFCV's import sets torch to one intra-op thread and its Loader to its worker count:
-    build_loader puts back the process's share, or CPU training runs on one core."""
+    both loaders put back the process's share, or CPU training runs on one core."""
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     before = torch.get_num_threads()
     try:
