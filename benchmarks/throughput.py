@@ -40,7 +40,7 @@ from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.console import Console  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
 from fastvip.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from fastvip.model import amp_dtype, amp_name, autocast, build_model, resolve_device, use_channels_last  # noqa: E402
+from fastvip.model import amp_dtype, amp_name, autocast, resolve_device, use_channels_last  # noqa: E402
 from fastvip.train import OPTIMIZER_IMPL_KWARGS, optimizer_impl  # noqa: E402
 
 
@@ -188,19 +188,12 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader", 
 def training_step(recipe, device, num_classes: int):
     """The step ``fastvip run`` takes (augmentation, losses, EMA / Mean Teacher included),
     on a fresh model; returns a callable ``step(images, labels)``."""
-    from fastvip.ema import EMA
-    from fastvip.train import StepContext, _optimizer, train_step
-    amp = amp_dtype(recipe.amp, device)
-    channels_last, _ = use_channels_last(recipe, device)
-    model = build_model(recipe, num_classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    from fastvip.train import StepContext, build_trainer, train_step
+    parts = build_trainer(recipe, device, num_classes, fresh=False)  # no init_from: timing only
+    model, optimizer, scaler, ema = parts.model, parts.optimizer, parts.scaler, parts.ema
     model.train()
-    optimizer = _optimizer(model, recipe, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
     forward = torch.compile(model) if recipe.compile else model
-    ctx = StepContext(recipe, device, amp, num_classes, channels_last=channels_last,
+    ctx = StepContext(recipe, device, parts.amp, num_classes, channels_last=parts.channels_last,
                       teacher=ema.module if recipe.mt_weight > 0 else None)
     count = iter(range(1 << 62))
 

@@ -81,8 +81,6 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
          ddp: distributed.Dist, device: torch.device) -> dict:
     if not ddp.main:
         console = Console(quiet=True)
-    amp = amp_dtype(recipe.amp, device)
-    channels_last, channels_last_why = use_channels_last(recipe, device)
     ckpt = _open_run_dir(run_dir, recipe, resume, console, write=ddp.main)
     distributed.barrier()
 
@@ -122,16 +120,9 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
             raise FastvipError(f"class lists differ: {files[0]} has {len(classes)} classes, "
                                f"{recipe.val_data} has {len(val_loader.classes)}")
 
-    model = build_model(recipe, len(classes)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if recipe.init_from and ckpt is None:
-        _init_weights(model, recipe, console)
-    if recipe.sync_bn and ddp.world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = _optimizer(model, recipe, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
+    parts = build_trainer(recipe, device, len(classes), console, fresh=ckpt is None, world=ddp.world)
+    model, optimizer, scaler, ema = parts.model, parts.optimizer, parts.scaler, parts.ema
+    amp, channels_last = parts.amp, parts.channels_last
     step, start_epoch, best = 0, 0, {"top1": None, "epoch": None, "weights": None}
     shipped = recipe.shipped_weights()
     last = {}
@@ -178,7 +169,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     for name, st in (_stores(train_loader, val_loader) or {}).items():
         console.log(f"run: {name} images resident in {st['where']}: {st['bytes'] / 2**20:,.1f} MiB "
                     f"({st['images']} images, longest side {st['resident_size']} px)")
-    console.log(f"run: channels-last {'on' if channels_last else 'off'} ({channels_last_why}), "
+    console.log(f"run: channels-last {'on' if channels_last else 'off'} ({parts.channels_last_why}), "
                 f"optimizer {recipe.optimizer} ({optimizer_impl(recipe, device)})")
 
     t_run = time.perf_counter()
@@ -279,11 +270,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                         raise FastvipError(f"the processes' weights differ after epoch {epoch + 1} (DDP out of sync)")
                 scores = {}
                 if val_loader is not None and recipe_mod.validates(recipe, epoch):
-                    scores["raw"] = evaluate(model, val_loader, device, amp, channels_last)
-                    line.update(val_top1=scores["raw"]["top1"], val_top5=scores["raw"]["top5"], val_n=scores["raw"]["n"])
-                    if ema is not None:
-                        scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
-                        line.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
+                    scores = _validate(model, ema, val_loader, device, amp, channels_last)
+                    line.update(_val_fields(scores))
                 line.update(lr=lr, img_per_s=rates[-1] * ddp.world, epoch_time_s=time.perf_counter() - t0,
                             time=time.time())  # wall clock: benchmarks place each epoch on a time axis
 
@@ -331,6 +319,40 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
                "world_size": ddp.world, "run_dir": os.fspath(run_dir)}
     console.table("run summary", [(k, _fmt(v)) for k, v in summary.items()])
     return summary
+
+
+@dataclass
+class Trainer:
+    """The model and what updates it, as :func:`build_trainer` makes them."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    amp: torch.dtype | None
+    channels_last: bool
+    channels_last_why: str
+
+
+def build_trainer(recipe: Recipe, device: torch.device, num_classes: int, console: Console | None = None,
+                  fresh: bool = True, world: int = 1) -> Trainer:
+    """A fresh model in the recipe's memory format, its optimiser, grad scaler and EMA:
+    the set-up ``fastvip run`` and ``benchmarks/throughput.py`` share. ``fresh`` (no
+    checkpoint to resume) loads ``recipe.init_from``; ``world`` > 1 converts to SyncBatchNorm
+    where the recipe asks for it."""
+    amp = amp_dtype(recipe.amp, device)
+    channels_last, why = use_channels_last(recipe, device)
+    model = build_model(recipe, num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if recipe.init_from and fresh:
+        _init_weights(model, recipe, console or Console(quiet=True))
+    if recipe.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = _optimizer(model, recipe, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
+    return Trainer(model, optimizer, scaler, ema, amp, channels_last, why)
 
 
 @dataclass
@@ -483,6 +505,23 @@ def _stop(stopper: Stopper, epoch: int, step: int, metrics: Path | None) -> None
                                      "step": step, "time": time.time()})
     distributed.barrier()
     raise RunStopped(stopper.signal_name, epoch, step)
+
+
+def _validate(model, ema: EMA | None, val_loader, device, amp, channels_last: bool) -> dict:
+    """Val scores of the raw weights and, with an EMA, of the averaged ones (keys raw, ema)."""
+    scores = {"raw": evaluate(model, val_loader, device, amp, channels_last)}
+    if ema is not None:
+        scores["ema"] = evaluate(ema.module, val_loader, device, amp, channels_last)
+    return scores
+
+
+def _val_fields(scores: dict) -> dict:
+    """The metrics.jsonl fields of :func:`_validate`'s scores."""
+    raw = scores["raw"]
+    out = {"val_top1": raw["top1"], "val_top5": raw["top5"], "val_n": raw["n"]}
+    if "ema" in scores:
+        out.update(val_top1_ema=scores["ema"]["top1"], val_top5_ema=scores["ema"]["top5"])
+    return out
 
 
 def _last_scores(scores: dict, shipped: str, epoch: int) -> dict:
