@@ -77,7 +77,7 @@ def cmd_predict(args) -> int:
     console = _console(args)
     r = predict(args.run, args.data, weights=args.weights, tta=args.tta, out=args.out,
                 submission=args.submission, batch_size=args.batch_size, scales=args.scales,
-                tencrop_size=args.tencrop_size, size=args.size, console=console)
+                tencrop_size=args.tencrop_size, size=args.size, fusion=args.fusion, console=console)
     if r["top1"] is not None:
         console.print(f"top1 {r['top1']:.2f}% on {r['n']} images")
     for key in ("out", "submission"):
@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tencrop view size (default: the recipe's tencrop_size; unset: 2 x train size)")
     p.add_argument("--size", type=int, default=None,
                    help="--tta none|flip view size (default: the recipe's eval_size; unset: its image_size)")
+    p.add_argument("--fusion", type=float, default=None, metavar="W",
+                   help="weight of the auxiliary head's probabilities (default: the recipe's fusion_weight; "
+                        "0 = the main classifier alone)")
     p.add_argument("--out", default=None, help="probabilities .npz (default: RUN_DIR/predictions/)")
     p.add_argument("--submission", default=None, help="write a VIPriors submission CSV")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's batch_size")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import time
@@ -28,14 +29,17 @@ SUBMISSION_HEADER = ("Image IDs", "Predictions")
 
 def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=None,
             submission=None, batch_size: int | None = None, scales: list[int] | None = None,
-            tencrop_size: int | None = None, size: int | None = None, console: Console | None = None) -> dict:
+            tencrop_size: int | None = None, size: int | None = None, fusion: float | None = None,
+            console: Console | None = None) -> dict:
     """Class probabilities for every sample of ``data``; optionally a submission CSV.
 
     ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop at ``size``,
     by default the recipe's ``eval_size`` (else ``image_size``: so ``none`` reproduces the validation
     top-1); ``multiscale`` and
     ``tencrop`` decode each image once and cut all views on the device, at ``scales`` /
-    ``tencrop_size`` if given, else the recipe's ``tta_scales`` / ``tencrop_size``.
+    ``tencrop_size`` if given, else the recipe's ``tta_scales`` / ``tencrop_size``. ``fusion``
+    replaces the recipe's ``fusion_weight`` (0: the main classifier alone; the 2021 report's
+    fusion row is the same trained model predicted with and without it).
     """
     console = console or Console()
     if tta not in TTA_CHOICES:
@@ -45,6 +49,11 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
     if "recipe" not in ckpt or "classes" not in ckpt:
         raise FastvipError(f"{ckpt_path} is not a fastvip checkpoint")
     recipe, classes = from_dict(ckpt["recipe"]), list(ckpt["classes"])
+    if fusion is not None:
+        try:
+            recipe = dataclasses.replace(recipe, fusion_weight=fusion).validate()
+        except FastvipError as e:
+            raise FastvipError(f"--fusion {fusion}: {e}") from None
     device = resolve_device(recipe.device)
     amp = amp_dtype(recipe.amp, device)
     channels_last, _ = use_channels_last(recipe, device)
@@ -99,6 +108,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
         raise FastvipError(f"predicted {len(probs)} samples but {data} holds {packed.num_samples}")
 
     result = {"n": len(probs), "img_per_s": len(probs) / seconds, "weights": which, "size": size,
+              "fusion": recipe.fusion_weight,
               "checkpoint": os.fspath(ckpt_path), "top1": None}
     if packed.labelled:
         result["top1"] = 100.0 * float((probs.argmax(1) == packed.labels).mean())

@@ -9,7 +9,6 @@ from fastvip.recipe import load_recipe
 
 recipe = dataclasses.replace(
     load_recipe(Path(__file__).with_name("efficientnet_b2_mt.py")),
-    views=2,
     cr_weight=0.1,
     cr_tau=0.1,
     cr_delta=1e-3,

@@ -9,7 +9,6 @@ from fastvip.recipe import load_recipe
 
 recipe = dataclasses.replace(
     load_recipe(Path(__file__).with_name("efficientnet_b2_sce.py")),
-    views=2,
     mt_weight=1.0,
     mt_rampup_epochs=5.0,
     ema_decay=0.999,

@@ -6,7 +6,6 @@ from fastvip.recipe import load_recipe
 
 recipe = dataclasses.replace(
     load_recipe(Path(__file__).with_name("tiny_vipriors_mt.py")),
-    views=2,
     cr_weight=0.1,
     description="",
 )

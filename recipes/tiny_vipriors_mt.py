@@ -8,7 +8,6 @@ from fastvip.recipe import load_recipe
 
 recipe = dataclasses.replace(
     load_recipe(Path(__file__).with_name("tiny_vipriors_sce.py")),
-    views=2,  # the teacher sees the other view of each image, as in efficientnet_b2_mt.py
     mt_weight=1.0,
     mt_rampup_epochs=2.0,
     ema_decay=0.998,

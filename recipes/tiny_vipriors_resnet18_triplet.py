@@ -6,12 +6,7 @@ from pathlib import Path
 from fastvip.recipe import load_recipe
 
 recipe = dataclasses.replace(
-    load_recipe(Path(__file__).with_name("tiny_vipriors_resnet18.py")),
-    epochs=4,
-    warmup_epochs=0.5,
-    lr=0.04,  # peak 0.02 at batch 128: a short stage 2 refines the CE weights (0.1 lost them, measured)
-    init_from="runs/tiny_vipriors_resnet18",
-    init_recipe="recipes/tiny_vipriors_resnet18.py",
+    load_recipe(Path(__file__).with_name("tiny_vipriors_resnet18_stage2.py")),
     pk_samples=4,
     triplet_weight=1.0,
     triplet_margin=0.3,

@@ -42,12 +42,67 @@ def test_throughput_rejects_bad_arguments(tmp_path, cpu_env):
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "--passes" in p.stderr
 
 
-def _time_to_accuracy():
+def _bench(name: str):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _time_to_accuracy():
+    return _bench("time_to_accuracy")
+
+
+def test_ablation_change_its_error_and_the_signal_rule():
+    ab = _bench("ablation")
+    assert ab.binomial_se(20.0, 10_000) == pytest.approx(0.4)  # sqrt(0.2 * 0.8 / 10,000) = 0.4 points
+    base = {"row": "a", "top1": {0: 20.0, 1: 21.0}}                # two seeds, spread 1.0
+    big = {"row": "b", "top1": {0: 23.0}}                          # one seed: compared on seed 0 only
+    small = {"row": "c", "top1": {0: 20.9}}
+    c = ab.compare(big, base, 10_000)
+    assert c["seeds"] == [0] and c["change"] == pytest.approx(3.0) and c["signal"]
+    assert c["se"] == pytest.approx((0.4 ** 2 + ab.binomial_se(23.0, 10_000) ** 2) ** 0.5)
+    assert not ab.compare(small, base, 10_000)["signal"]           # 0.9 points: under 2 SE (~1.15)
+    # beyond 2 SE but within the seed spread of its reference row: not signal
+    assert not ab.compare({"row": "d", "top1": {0: 21.0, 1: 22.0}}, {"row": "e", "top1": {0: 19.0, 1: 23.5}},
+                          1_000_000)["signal"]
+    assert ab.compare({"row": "f", "top1": {1: 30.0}}, big, 10_000)["change"] is None  # no common seed
+    md = ab.table("t", [dict(base, recipe="ra", ref=None, seconds=60.0),
+                        dict(big, recipe="rb", ref="a", seconds=120.0),
+                        dict(small, recipe="rc", ref="a", seconds=None)], 10_000)
+    lines = md.splitlines()
+    assert "| a | `ra` | s0: 20.00, s1: 21.00 | 20.50 |" in lines[4] and "| 1.00 |" in lines[4]
+    assert "+3.00" in lines[5] and "| signal |" in lines[5] and "2 min" in lines[5]
+    assert "+0.90" in lines[6] and "within noise" in lines[6] and "inference only" in lines[6]
+
+
+def test_ablation_machine_time_and_stage_two_from_the_ce_run_of_its_seed(tmp_path, monkeypatch):
+    ab = _bench("ablation")
+    # two segments: 100 s to the last epoch line, then a resumed 50 s
+    lines = [{"event": "start", "time": 1000.0}, {"event": "epoch", "time": 1060.0},
+             {"event": "epoch", "time": 1100.0}, {"event": "start", "time": 5000.0},
+             {"event": "epoch", "time": 5050.0}]
+    assert ab.run_seconds(lines) == pytest.approx(150.0)
+    data = tmp_path / "packs"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.beton").write_bytes(b"")
+    args = ab.argparse.Namespace(data=data, out=tmp_path / "out", set=["epochs=3"], stage2_epochs=2,
+                                 submissions=tmp_path / "subs")
+    study = ab.Study(args)
+    calls = []
+    monkeypatch.setattr(study, "sh", lambda *a: calls.append([str(x) for x in a]))
+    run = study.train("tiny_vipriors_resnet18_triplet", 1)
+    ce = str(study.run_dir("tiny_vipriors_resnet18", 1))
+    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["tiny_vipriors_resnet18.py", "tiny_vipriors_resnet18_triplet.py"]
+    assert "seed=1" in calls[0] and "epochs=3" in calls[0] and "--resume" not in calls[0]
+    stage2 = calls[1]
+    assert f"init_from={ce}" in stage2 and stage2[-1] == "epochs=2" and "seed=1" in stage2
+    assert (run / "done").exists()
+    calls.clear()
+    study.train("tiny_vipriors_resnet18_triplet", 1)  # done: nothing runs again
+    assert calls == []
 
 
 def test_time_to_accuracy_x_baseline_only_at_no_less_accuracy():

@@ -3,11 +3,13 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from fastvip.console import Console
 from fastvip.ema import EMA
+from fastvip.errors import FastvipError
 from fastvip.predict import predict
 from fastvip.recipe import Recipe
 from fastvip.train import StepContext, prepare_batch, run
@@ -40,7 +42,13 @@ def test_full_framework_logs_every_term_and_predict_applies_fusion(colour_data, 
     best = json.loads((tmp_path / "r" / "best.json").read_text())
     result = predict(tmp_path / "r", colour_data["val"], console=Q)
     # predict loads the better of student / teacher and fuses the auxiliary head, as validation did
-    assert result["top1"] == pytest.approx(best["top1"], abs=1e-6)
+    assert result["top1"] == pytest.approx(best["top1"], abs=1e-6) and result["fusion"] == 0.3
+    # --fusion 0: the same weights, the main classifier alone (the Table 3 row before fusion)
+    alone = predict(tmp_path / "r", colour_data["val"], fusion=0.0, out=tmp_path / "alone.npz", console=Q)
+    fused, plain = np.load(result["out"])["probs"], np.load(alone["out"])["probs"]
+    assert alone["fusion"] == 0.0 and fused.shape == plain.shape and not np.allclose(fused, plain)
+    with pytest.raises(FastvipError, match=r"--fusion 1.5: .*fusion_weight must be in \[0, 1\)"):
+        predict(tmp_path / "r", colour_data["val"], fusion=1.5, console=Q)
 
 
 def test_2021_recipe_runs_as_is_in_one_cpu_process(colour_data, tmp_path, capsys):
@@ -163,7 +171,6 @@ def test_teacher_is_the_ema_formula():
 
 def test_cr_and_mean_teacher_need_two_views(capsys):
     from fastvip.cli import main
-    from fastvip.errors import FastvipError
     with pytest.raises(FastvipError, match="two-view"):
         Recipe(cr_weight=0.1, views=1).validate()
     with pytest.raises(FastvipError, match="mt_weight > 0 needs two-view batches"):

@@ -95,6 +95,14 @@ def test_deepblueai_recipes_follow_the_report():
         assert c.epochs == 200 and c.image_size == 224 and c.init_from == f"runs/{base}"
         assert c.init_recipe == f"recipes/{base}.py" and c.model == r[base].model
         assert (c.triplet_weight > 0 and c.pk_samples > 0) if term == "triplet" else c.arcface
+    # the proxy's stage-2 rows differ from their control (CE, the same extra epochs) by their loss alone
+    ctrl = r["tiny_vipriors_resnet18_stage2"]
+    assert ctrl.init_from == "runs/tiny_vipriors_resnet18" and ctrl.epochs < r["tiny_vipriors_resnet18"].epochs
+    for name, fields in (("tiny_vipriors_resnet18_triplet", {"pk_samples", "triplet_weight", "triplet_margin"}),
+                         ("tiny_vipriors_resnet18_arcface", {"arcface", "arcface_scale", "arcface_margin",
+                                                             "arcface_weight"})):
+        diff = {k for k, v in ctrl.to_dict().items() if r[name].to_dict()[k] != v} - {"description"}
+        assert diff and diff <= fields, (name, diff)
 
 
 def test_attract_repulse_recipes_follow_the_report():
@@ -105,14 +113,15 @@ def test_attract_repulse_recipes_follow_the_report():
     assert (base.drop_rate, base.mixup_alpha, base.cutmix_alpha, base.auto_augment) == (0.3, 0.5, 1.0, "autoaugment")
     assert base.random_erasing > 0 and base.label_smoothing > 0 and base.sync_bn
     assert base.opt_eps == 1e-3 and base.tencrop_size == 448  # timm's EfficientNet epsilon; TenCrop at 448
-    # Table 3: each row adds one technique to the previous one
-    chain = ["efficientnet_b2_strong_baseline", "efficientnet_b2_sce", "efficientnet_b2_mt", "efficientnet_b2_cr",
-             "efficientnet_b2_aux", "efficientnet_b2"]
-    added = [{"loss", "sce_alpha", "sce_beta"}, {"views", "mt_weight", "mt_rampup_epochs", "ema_decay"},
+    # Table 3: each row adds one technique to the previous one; the proxy chain has the same shape
+    added = [{"views"}, {"loss", "sce_alpha", "sce_beta"}, {"mt_weight", "mt_rampup_epochs", "ema_decay"},
              {"cr_weight", "cr_tau", "cr_delta"}, {"aux_weight", "aux_stage"}, {"fusion_weight"}]
-    for (a, b), fields in zip(zip(chain, chain[1:]), added):
-        diff = {k for k, v in r[a].to_dict().items() if r[b].to_dict()[k] != v} - {"description"}
-        assert diff <= fields and diff, (b, diff)
+    rows = ["strong_baseline", "two_views", "sce", "mt", "cr", "aux"]
+    for chain in ([f"efficientnet_b2_{n}" for n in rows] + ["efficientnet_b2"],
+                  [f"tiny_vipriors_{n}" for n in rows] + ["tiny_vipriors_framework"]):
+        for (a, b), fields in zip(zip(chain, chain[1:]), added):
+            diff = {k for k, v in r[a].to_dict().items() if r[b].to_dict()[k] != v} - {"description"}
+            assert diff <= fields and diff, (b, diff)
     full = r["efficientnet_b2"]
     assert full.loss == "sce" and full.mt_weight > 0 and full.cr_weight > 0 and full.views == 2
     assert full.aux_weight > 0 and full.fusion_weight > 0

@@ -1,0 +1,300 @@
+"""Each technique's effect on the tiny-vipriors proxy, one row at a time (issue #23).
+
+Two tables, every run through the real command line (``fastvip run``, ``predict``, ``ensemble``):
+
+- **2021 chain** (Attract-and-Repulse, Table 3): strong baseline -> + two views -> + SCE ->
+  + Mean Teacher -> + CR -> + auxiliary classifier -> + auxiliary fusion. Each recipe imports
+  the one above and adds one technique; the fusion row trains nothing: it is the auxiliary
+  row's runs predicted with the framework recipe's ``fusion_weight`` (``predict --fusion``).
+- **DeepBlueAI**: CE -> stage 2 with CE only for the stage-2 length (the control) -> stage 2
+  with batch-hard triplet -> stage 2 with ArcFace (each stage 2 from the CE run of its seed)
+  -> the probability ensemble of CE, triplet and ArcFace, against its best member.
+
+The protocol is the same for every row: the recipes as written plus ``--set`` (the schedule:
+one length for every first-stage run) and ``--stage2-epochs``; the train split; the last
+epoch's weights of the kind each recipe declares (``predict --weights last`` on all 10,000
+val images; no choice made on val). Seeds: two for the strong baseline, the auxiliary row
+(so the full framework, its fusion, has two) and CE; one elsewhere.
+
+Each row shows its top-1 per seed, the change from the row it is compared with (over the
+seeds both have), the binomial standard error of that change on n val images, the seed spread
+where there are two, and whether the change is signal: at least twice its standard error and,
+where a row has two seeds, larger than their spread. Results: ``OUT/ablation.json`` and
+``OUT/ablation.md``; test submissions of the full framework, the DeepBlueAI ensemble and the
+best single row in ``--submissions``. Interrupted, the same command resumes every unfinished
+run (``fastvip run --resume``)::
+
+    python benchmarks/ablation.py --data data/tiny-vipriors --out ablation \\
+        --set epochs=60 eval_every=10 --stage2-epochs 15
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# (row, recipe under recipes/, seeds, the row its change is measured from); plain data, in order
+CHAIN = [
+    ("strong baseline", "tiny_vipriors_strong_baseline", (0, 1), None),
+    ("+ two views", "tiny_vipriors_two_views", (0,), "strong baseline"),
+    ("+ SCE", "tiny_vipriors_sce", (0,), "+ two views"),
+    ("+ Mean Teacher", "tiny_vipriors_mt", (0,), "+ SCE"),
+    ("+ CR", "tiny_vipriors_cr", (0,), "+ Mean Teacher"),
+    ("+ auxiliary classifier", "tiny_vipriors_aux", (0, 1), "+ CR"),
+    ("+ auxiliary fusion", "tiny_vipriors_framework", (0, 1), "+ auxiliary classifier"),
+]
+DEEPBLUE = [
+    ("CE", "tiny_vipriors_resnet18", (0, 1), None),
+    ("stage 2, CE only (control)", "tiny_vipriors_resnet18_stage2", (0,), "CE"),
+    ("stage 2 + triplet", "tiny_vipriors_resnet18_triplet", (0,), "stage 2, CE only (control)"),
+    ("stage 2 + ArcFace", "tiny_vipriors_resnet18_arcface", (0,), "stage 2, CE only (control)"),
+]
+FUSION_ROW, FUSED_FROM = "tiny_vipriors_framework", "tiny_vipriors_aux"  # inference only
+ENSEMBLE = ("ensemble: CE, triplet, ArcFace", ("CE", "stage 2 + triplet", "stage 2 + ArcFace"))
+
+
+# ------------------------------------------------------------------ the table (pure functions)
+
+def binomial_se(top1: float, n: int) -> float:
+    """Standard error, in points, of a top-1 of ``top1`` % measured on ``n`` images."""
+    p = top1 / 100
+    return 100 * math.sqrt(p * (1 - p) / n)
+
+
+def compare(row: dict, ref: dict, n: int) -> dict:
+    """``row``'s change from ``ref`` over the seeds both have ({seed: top-1} in ``top1``), its
+    binomial standard error, and whether it is signal (>= 2 SE and beyond either seed spread)."""
+    common = sorted(set(row["top1"]) & set(ref["top1"]))
+    if not common:
+        return {"change": None, "se": None, "signal": None, "seeds": []}
+    a = sum(row["top1"][s] for s in common) / len(common)
+    b = sum(ref["top1"][s] for s in common) / len(common)
+    # every seed is scored on the same val images, so averaging seeds does not shrink this error;
+    # the two rows' errors are correlated (same images), which makes the sum below conservative
+    se = math.sqrt(binomial_se(a, n) ** 2 + binomial_se(b, n) ** 2)
+    change = a - b
+    spreads = [spread(x) for x in (row, ref) if spread(x) is not None]
+    signal = abs(change) >= 2 * se and all(abs(change) > s for s in spreads)
+    return {"change": change, "se": se, "signal": signal, "seeds": common}
+
+
+def spread(row: dict) -> float | None:
+    """Largest minus smallest top-1 over a row's seeds (None with one seed)."""
+    values = list(row["top1"].values())
+    return max(values) - min(values) if len(values) > 1 else None
+
+
+def mean(row: dict) -> float:
+    return sum(row["top1"].values()) / len(row["top1"])
+
+
+def table(title: str, rows: list[dict], n: int) -> str:
+    """Markdown: row, recipe, top-1 per seed and mean, change from its reference row, SE, spread, verdict."""
+    by_name = {r["row"]: r for r in rows}
+    out = [f"**{title}**", "",
+           "| row | recipe | top-1 per seed | mean | compared with | change | SE of change | seed spread "
+           "| signal? | machine time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds = ", ".join(f"s{s}: {v:.2f}" for s, v in sorted(r["top1"].items()))
+        ref = by_name.get(r.get("ref"))
+        c = compare(r, ref, n) if ref else {"change": None}
+        cells = ["", "", "", ""] if c["change"] is None else [
+            f"{ref['row']} (seed{'s' if len(c['seeds']) > 1 else ''} {', '.join(map(str, c['seeds']))})",
+            f"{c['change']:+.2f}", f"{c['se']:.2f}", ""]
+        s = spread(r)
+        cells[3] = f"{s:.2f}" if s is not None else ""
+        verdict = "" if c["change"] is None else ("signal" if c["signal"] else "within noise")
+        minutes = f"{r['seconds'] / 60:.0f} min" if r.get("seconds") else "inference only"
+        out.append(f"| {r['row']} | `{r['recipe']}` | {seeds} | {mean(r):.2f} | {cells[0]} | {cells[1]} | "
+                   f"{cells[2]} | {cells[3]} | {verdict} | {minutes} |")
+    return "\n".join(out)
+
+
+def run_seconds(lines: list[dict]) -> float:
+    """A run's machine time from its metrics.jsonl: each segment (a ``start`` line) to its last line."""
+    total, start, last = 0.0, None, None
+    for line in lines:
+        if line.get("event") == "start":
+            if start is not None and last is not None:
+                total += last - start
+            start, last = line["time"], line["time"]
+        elif start is not None and "time" in line:
+            last = line["time"]
+    if start is not None and last is not None:
+        total += last - start
+    return total
+
+
+# ------------------------------------------------------------------ running it
+
+class Study:
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out.resolve()
+        self.log = self.out / "log.txt"
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        self.packs = {s: (args.data / f"{s}.beton").resolve() for s in ("train", "val", "test")}
+        for split, path in self.packs.items():
+            if not path.is_file():
+                sys.exit(f"error: no {path}; pack the proxy's {split} split there (fastvip pack)")
+
+    def sh(self, *args) -> None:
+        cmd = [sys.executable, "-m", "fastvip", *map(str, args)]
+        with open(self.log, "a") as fh:
+            fh.write("$ " + " ".join(cmd[2:]) + "\n")
+            fh.flush()
+            rc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
+        if rc:
+            sys.exit(f"error: {' '.join(cmd[2:5])} ... failed ({rc}); see {self.log}")
+
+    def run_dir(self, recipe: str, seed: int) -> Path:
+        return self.out / "runs" / f"{recipe}_s{seed}"
+
+    def train(self, recipe: str, seed: int) -> Path:
+        """One run of the protocol (resumed where a checkpoint is left); returns its directory."""
+        from fastvip.recipe import load_recipe
+        d = self.run_dir(recipe, seed)
+        if (d / "done").exists():
+            return d
+        path = REPO / "recipes" / f"{recipe}.py"
+        sets = [f"train_data={self.packs['train']}", f"val_data={self.packs['val']}", f"seed={seed}",
+                *self.args.set]
+        if load_recipe(path).init_from:  # stage 2: from the CE run of the same seed, its own length
+            sets += [f"init_from={self.train(DEEPBLUE[0][1], seed)}", f"epochs={self.args.stage2_epochs}"]
+        resume = ["--resume"] if (d / "last.pt").exists() else []
+        self.sh("run", path, "--out", d, "--quiet", *resume, "--set", *sets)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "done").write_text("")
+        return d
+
+    def val_probs(self, run: Path, fusion: float | None = None) -> Path:
+        """The last epoch's declared weights on val (and with ``fusion``, the auxiliary head fused)."""
+        out = run / "predictions" / ("val.npz" if fusion is None else f"val_fusion{fusion:g}.npz")
+        if not out.exists():
+            extra = [] if fusion is None else ["--fusion", fusion]
+            self.sh("predict", run, self.packs["val"], "--weights", "last", "--out", out, "--quiet", *extra)
+        return out
+
+    def test_submission(self, run: Path, name: str, fusion: float | None = None) -> str:
+        sub = self.args.submissions / f"{name}.csv"
+        if not sub.exists():
+            extra = [] if fusion is None else ["--fusion", fusion]
+            self.sh("predict", run, self.packs["test"], "--weights", "last", "--out",
+                    run / "predictions" / f"test{'' if fusion is None else '_fusion'}.npz",
+                    "--submission", sub, "--quiet", *extra)
+        return str(sub.relative_to(REPO)) if sub.is_relative_to(REPO) else str(sub)
+
+
+def top1(npz: Path) -> tuple[float, int]:
+    """Top-1 (%) of a probabilities file against the labels it carries, and its image count."""
+    from fastvip.predict import load_probs
+    z = load_probs(npz)
+    return 100.0 * float((z["probs"].argmax(1) == z["labels"]).mean()), len(z["ids"])
+
+
+def fusion_weight() -> float:
+    from fastvip.recipe import load_recipe
+    return load_recipe(REPO / "recipes" / f"{FUSION_ROW}.py").fusion_weight
+
+
+def measure(study: Study, rows: list, group: str) -> list[dict]:
+    """Train (or resume) and score every row of one table; the DeepBlueAI table gains the ensemble."""
+    from fastvip.metrics import read
+    out = []
+    for name, recipe, seeds, ref in rows:
+        row = {"row": name, "recipe": recipe, "ref": ref, "top1": {}, "seconds": 0.0, "val": {}, "n": None}
+        for seed in seeds:
+            if recipe == FUSION_ROW:  # inference only: the auxiliary row's model, fused
+                probs = study.val_probs(study.train(FUSED_FROM, seed), fusion_weight())
+                row["seconds"] = None
+            else:
+                run = study.train(recipe, seed)
+                probs = study.val_probs(run)
+                row["seconds"] += run_seconds(read(run / "metrics.jsonl"))
+            row["top1"][seed], row["n"] = top1(probs)
+            row["val"][seed] = str(probs)
+        out.append(row)
+    if group == "deepblue":
+        by = {r["row"]: r for r in out}
+        ens = study.out / "ensemble_val.npz"
+        if not ens.exists():
+            study.sh("ensemble", *[by[m]["val"][0] for m in ENSEMBLE[1]], "--out", ens, "--quiet")
+        best = max(ENSEMBLE[1], key=lambda m: by[m]["top1"][0])
+        acc, n = top1(ens)
+        out.append({"row": ENSEMBLE[0], "recipe": "fastvip ensemble", "ref": best, "top1": {0: acc},
+                    "seconds": None, "val": {0: str(ens)}, "n": n})
+    return out
+
+
+def submissions(study: Study, results: dict) -> dict:
+    """Test submissions: the full framework (fused auxiliary row, seed 0), the DeepBlueAI
+    ensemble and the best single trained row (seed 0)."""
+    subs = {}
+    if "chain" in results:
+        subs["framework"] = study.test_submission(study.run_dir(FUSED_FROM, 0), "ablation_framework",
+                                                  fusion_weight())
+    if "deepblue" in results:
+        members = {r["row"]: r["recipe"] for r in results["deepblue"]}
+        tests = []
+        for m in ENSEMBLE[1]:
+            run = study.run_dir(members[m], 0)
+            study.test_submission(run, f"ablation_{members[m]}")
+            tests.append(run / "predictions" / "test.npz")
+        sub = study.args.submissions / "ablation_deepblueai_ensemble.csv"
+        if not sub.exists():
+            study.sh("ensemble", *tests, "--submission", sub, "--quiet")
+        subs["deepblueai_ensemble"] = str(sub.relative_to(REPO)) if sub.is_relative_to(REPO) else str(sub)
+    trained = [r for rows in results.values() for r in rows if r["seconds"] and 0 in r["top1"]]
+    if trained:
+        best = max(trained, key=lambda r: r["top1"][0])
+        subs["best_single"] = study.test_submission(study.run_dir(best["recipe"], 0), f"ablation_{best['recipe']}")
+    return subs
+
+
+TITLES = {"chain": "2021 chain (Table 3, one technique per row)", "deepblue": "DeepBlueAI: stage 2 and the ensemble"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "tiny-vipriors",
+                    help="folder with the packed train/val/test .beton files")
+    ap.add_argument("--out", type=Path, default=Path("ablation"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="the protocol: overrides for every run (e.g. epochs=60 eval_every=10)")
+    ap.add_argument("--stage2-epochs", type=int, default=None, help="stage-2 length (default: the recipes')")
+    ap.add_argument("--rows", choices=("all", "chain", "deepblue"), default="all")
+    ap.add_argument("--submissions", type=Path, default=REPO / "benchmarks" / "submissions")
+    args = ap.parse_args(argv)
+    from fastvip import atomic
+    from fastvip.errors import FastvipError
+    from fastvip.recipe import load_recipe, parse_overrides
+    try:
+        parse_overrides(args.set)
+    except FastvipError as e:
+        sys.exit(f"error: --set: {e}")
+    if args.stage2_epochs is None:
+        args.stage2_epochs = load_recipe(REPO / "recipes" / f"{DEEPBLUE[1][1]}.py").epochs
+    study = Study(args)
+    args.submissions.mkdir(parents=True, exist_ok=True)
+    groups = {"chain": CHAIN, "deepblue": DEEPBLUE}
+    results = {g: measure(study, groups[g], g) for g in (groups if args.rows == "all" else (args.rows,))}
+    n = next(r["n"] for rows in results.values() for r in rows)
+    hours = sum(r["seconds"] or 0 for rows in results.values() for r in rows) / 3600
+    text = "\n\n".join(table(TITLES[g], rows, n) for g, rows in results.items())
+    text += f"\n\nMachine time of the runs: {hours:.1f} h; val images: {n}."
+    subs = submissions(study, results)
+    atomic.write_json(study.out / "ablation.json", {"protocol": {"set": args.set, "stage2_epochs": args.stage2_epochs},
+                                                    "val_n": n, "rows": results, "submissions": subs,
+                                                    "machine_hours": hours})
+    atomic.write_text(study.out / "ablation.md", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
