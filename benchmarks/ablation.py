@@ -21,8 +21,8 @@ seeds both have), the binomial standard error of that change on n val images, th
 where there are two, and whether the change is signal: at least twice its standard error and,
 where a row has two seeds, larger than their spread. Results: ``OUT/ablation.json`` and
 ``OUT/ablation.md``; test submissions of the full framework, the DeepBlueAI ensemble and the
-best single row in ``--submissions``. Interrupted, the same command resumes every unfinished
-run (``fastvip run --resume``)::
+best single row in ``--submissions`` as ``<tag>_*.csv``. Interrupted, the same command resumes
+every unfinished run (``fastvip run --resume``); one OUT holds one protocol (``protocol.json``)::
 
     python benchmarks/ablation.py --data data/tiny-vipriors --out ablation \\
         --set epochs=60 eval_every=10 --stage2-epochs 15
@@ -34,6 +34,7 @@ make every row after it uninformative.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def compare(row: dict, ref: dict, n: int) -> dict:
     se = math.sqrt(binomial_se(a, n) ** 2 + binomial_se(b, n) ** 2)
     change = a - b
     spreads = [spread(x) for x in (row, ref) if spread(x) is not None]
-    signal = abs(change) >= 2 * se and all(abs(change) > s for s in spreads)
+    signal = abs(change) > 0 and abs(change) >= 2 * se and all(abs(change) > s for s in spreads)
     return {"change": change, "se": se, "signal": signal, "seeds": common}
 
 
@@ -113,7 +114,7 @@ def table(title: str, rows: list[dict], n: int) -> str:
         s = spread(r)
         cells[3] = f"{s:.2f}" if s is not None else ""
         verdict = "" if c["change"] is None else ("signal" if c["signal"] else "within noise")
-        minutes = f"{r['seconds'] / 60:.0f} min" if r.get("seconds") else "inference only"
+        minutes = "inference only" if r.get("seconds") is None else f"{r['seconds'] / 60:.0f} min"
         out.append(f"| {r['row']} | `{r['recipe']}` | {seeds} | {mean(r):.2f} | {cells[0]} | {cells[1]} | "
                    f"{cells[2]} | {cells[3]} | {verdict} | {minutes} |")
     return "\n".join(out)
@@ -140,12 +141,23 @@ class Study:
     def __init__(self, args):
         self.args = args
         self.out = args.out.resolve()
+        self.subs = args.submissions.resolve()  # the commands run from the repository root
+        self.tag = args.tag or self.out.name
         self.log = self.out / "log.txt"
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
         self.packs = {s: (args.data / f"{s}.beton").resolve() for s in ("train", "val", "test")}
         for split, path in self.packs.items():
             if not path.is_file():
                 sys.exit(f"error: no {path}; pack the proxy's {split} split there (fastvip pack)")
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        self.subs.mkdir(parents=True, exist_ok=True)
+        # finished runs are reused, so one OUT holds one protocol
+        protocol = {"set": list(args.set), "stage2_epochs": args.stage2_epochs}
+        saved = self.out / "protocol.json"
+        if saved.exists() and json.loads(saved.read_text()) != protocol:
+            sys.exit(f"error: {self.out} holds runs of another protocol ({saved.read_text().strip()}); "
+                     "use a new --out")
+        from fastvip import atomic
+        atomic.write_json(saved, protocol)
 
     def sh(self, *args) -> None:
         cmd = [sys.executable, "-m", "fastvip", *map(str, args)]
@@ -166,10 +178,11 @@ class Study:
         if (d / "done").exists():
             return d
         path = REPO / "recipes" / f"{recipe}.py"
-        sets = [f"train_data={self.packs['train']}", f"val_data={self.packs['val']}", f"seed={seed}",
-                *self.args.set]
-        if load_recipe(path).init_from:  # stage 2: from the CE run of the same seed, its own length
-            sets += [f"init_from={self.train(DEEPBLUE[0][1], seed)}", f"epochs={self.args.stage2_epochs}"]
+        sets = [*self.args.set, f"train_data={self.packs['train']}", f"val_data={self.packs['val']}",
+                f"seed={seed}"]
+        if load_recipe(path).init_from:  # stage 2: from the CE run of the same seed (its last epoch's
+            # declared weights, as the CE row is scored), for its own length
+            sets += [f"init_from={self.train(DEEPBLUE[0][1], seed) / 'last.pt'}", f"epochs={self.args.stage2_epochs}"]
         resume = ["--resume"] if (d / "last.pt").exists() else []
         self.sh("run", path, "--out", d, "--quiet", *resume, "--set", *sets)
         d.mkdir(parents=True, exist_ok=True)
@@ -184,14 +197,19 @@ class Study:
             self.sh("predict", run, self.packs["val"], "--weights", "last", "--out", out, "--quiet", *extra)
         return out
 
-    def test_submission(self, run: Path, name: str, fusion: float | None = None) -> str:
-        sub = self.args.submissions / f"{name}.csv"
-        if not sub.exists():
+    def test_submission(self, run: Path, name: str, fusion: float | None = None) -> tuple[str, Path]:
+        """``--submissions/<tag>_<name>.csv`` and the test probabilities beside the run."""
+        sub = self.subs / f"{self.tag}_{name}.csv"
+        probs = run / "predictions" / f"test{'' if fusion is None else '_fusion'}.npz"
+        if not (sub.exists() and probs.exists()):
             extra = [] if fusion is None else ["--fusion", fusion]
-            self.sh("predict", run, self.packs["test"], "--weights", "last", "--out",
-                    run / "predictions" / f"test{'' if fusion is None else '_fusion'}.npz",
+            self.sh("predict", run, self.packs["test"], "--weights", "last", "--out", probs,
                     "--submission", sub, "--quiet", *extra)
-        return str(sub.relative_to(REPO)) if sub.is_relative_to(REPO) else str(sub)
+        return shown(sub), probs
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def top1(npz: Path) -> tuple[float, int]:
@@ -227,7 +245,8 @@ def measure(study: Study, rows: list, group: str) -> list[dict]:
         by = {r["row"]: r for r in out}
         ens = study.out / "ensemble_val.npz"
         if not ens.exists():
-            study.sh("ensemble", *[by[m]["val"][0] for m in ENSEMBLE[1]], "--out", ens, "--quiet")
+            study.sh("ensemble", *[by[m]["val"][0] for m in ENSEMBLE[1]], "--out", ens,
+                     "--submission", study.out / "ensemble_val.csv", "--quiet")
         best = max(ENSEMBLE[1], key=lambda m: by[m]["top1"][0])
         acc, n = top1(ens)
         out.append({"row": ENSEMBLE[0], "recipe": "fastvip ensemble", "ref": best, "top1": {0: acc},
@@ -240,23 +259,17 @@ def submissions(study: Study, results: dict) -> dict:
     ensemble and the best single trained row (seed 0)."""
     subs = {}
     if "chain" in results:
-        subs["framework"] = study.test_submission(study.run_dir(FUSED_FROM, 0), "ablation_framework",
-                                                  fusion_weight())
+        subs["framework"] = study.test_submission(study.run_dir(FUSED_FROM, 0), "framework", fusion_weight())[0]
     if "deepblue" in results:
         members = {r["row"]: r["recipe"] for r in results["deepblue"]}
-        tests = []
-        for m in ENSEMBLE[1]:
-            run = study.run_dir(members[m], 0)
-            study.test_submission(run, f"ablation_{members[m]}")
-            tests.append(run / "predictions" / "test.npz")
-        sub = study.args.submissions / "ablation_deepblueai_ensemble.csv"
-        if not sub.exists():
-            study.sh("ensemble", *tests, "--submission", sub, "--quiet")
-        subs["deepblueai_ensemble"] = str(sub.relative_to(REPO)) if sub.is_relative_to(REPO) else str(sub)
-    trained = [r for rows in results.values() for r in rows if r["seconds"] and 0 in r["top1"]]
+        tests = [study.test_submission(study.run_dir(members[m], 0), members[m])[1] for m in ENSEMBLE[1]]
+        sub = study.subs / f"{study.tag}_deepblueai_ensemble.csv"
+        study.sh("ensemble", *tests, "--submission", sub, "--quiet")  # cheap: always from this study's files
+        subs["deepblueai_ensemble"] = shown(sub)
+    trained = [r for rows in results.values() for r in rows if r["seconds"] is not None and 0 in r["top1"]]
     if trained:
         best = max(trained, key=lambda r: r["top1"][0])
-        subs["best_single"] = study.test_submission(study.run_dir(best["recipe"], 0), f"ablation_{best['recipe']}")
+        subs["best_single"] = study.test_submission(study.run_dir(best["recipe"], 0), best["recipe"])[0]
     return subs
 
 
@@ -276,18 +289,20 @@ def main(argv=None) -> int:
                     help="first train CE and the strong baseline (seed 0) and stop unless the strong baseline "
                          "leads by this many points (the protocol's check that the schedule is long enough)")
     ap.add_argument("--submissions", type=Path, default=REPO / "benchmarks" / "submissions")
+    ap.add_argument("--tag", default="", help="prefix of the submission files (default: OUT's folder name)")
     args = ap.parse_args(argv)
     from fastvip import atomic
     from fastvip.errors import FastvipError
     from fastvip.recipe import load_recipe, parse_overrides
     try:
-        parse_overrides(args.set)
+        owned = {"seed", "train_data", "val_data", "init_from"} & parse_overrides(args.set).keys()
     except FastvipError as e:
         sys.exit(f"error: --set: {e}")
+    if owned:
+        sys.exit(f"error: --set {', '.join(sorted(owned))}: the study sets these itself (seeds, splits, stage 2)")
     if args.stage2_epochs is None:
         args.stage2_epochs = load_recipe(REPO / "recipes" / f"{DEEPBLUE[1][1]}.py").epochs
     study = Study(args)
-    args.submissions.mkdir(parents=True, exist_ok=True)
     if args.min_gap > 0:  # the protocol's length check comes first: no other row is worth running before it
         sb, ce = (top1(study.val_probs(study.train(r, 0)))[0] for r in (CHAIN[0][1], DEEPBLUE[0][1]))
         print(f"strong baseline {sb:.2f} % vs CE {ce:.2f} % (seed 0): {sb - ce:+.2f} points")

@@ -495,6 +495,8 @@ def _check_setting(recipe: Recipe, ddp: distributed.Dist, device: torch.device) 
         raise FastvipError(f"sync_bn=true with {ddp.world} CPU processes: SyncBatchNorm needs CUDA devices; "
                            "set sync_bn=false or run one process")
     tensorboard.check(recipe)
+    amp_dtype(recipe.amp, device)  # amp=fp16 off CUDA, and an unreadable memory-format table,
+    use_channels_last(recipe, device)  # fail here rather than after the loaders are built
 
 
 def _stop(stopper: Stopper, epoch: int, step: int, metrics: Path | None) -> None:

@@ -1,7 +1,7 @@
 """Proxy, DeepBlueAI stage 2 control: the tiny-vipriors CE run trained for the stage-2 length more, CE only (64 px, CPU)."""
 # The stage-2 rows (tiny_vipriors_resnet18_triplet.py, _arcface.py) import this recipe and add
-# one loss each, so each differs from this control by its loss alone: a stage-2 gain over the
-# CE run that this control also shows comes from the extra epochs, not from the loss.
+# one loss each (triplet also its class-balanced P x K batches), so a stage-2 gain over the CE
+# run that this control also shows comes from the extra epochs, not from the loss.
 # 4 epochs from the CE weights with a fresh optimiser and a short, low schedule.
 import dataclasses
 from pathlib import Path

@@ -2,6 +2,8 @@
 import json
 import subprocess
 import sys
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +79,34 @@ def test_ablation_change_its_error_and_the_signal_rule():
     assert "+0.90" in lines[6] and "within noise" in lines[6] and "inference only" in lines[6]
 
 
-def test_ablation_machine_time_and_stage_two_from_the_ce_run_of_its_seed(tmp_path, monkeypatch):
+def _fake_fastvip(calls):
+    """Stands in for ``fastvip`` in the ablation study: checks each command against the real
+    parser, and writes what run / predict / ensemble would (a metrics line, probabilities)."""
+    import numpy as np
+    from fastvip.cli import build_parser
+    from fastvip.predict import ensemble, save_probs
+
+    def sh(*args):
+        argv = [str(a) for a in args]
+        parsed = build_parser().parse_args(argv)  # exits (SystemExit) on a command fastvip would refuse
+        calls.append(argv)
+        if argv[0] == "run":
+            out = Path(parsed.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.jsonl").write_text('{"event": "start", "time": 0.0}\n{"event": "epoch", "time": 60.0}\n')
+        elif argv[0] == "predict":
+            rng = np.random.default_rng(zlib.crc32(" ".join(argv).encode()))
+            labels = np.arange(40) % 4
+            save_probs(parsed.out, [f"i{k}" for k in range(40)], rng.random((40, 4)).astype(np.float32),
+                       ["a", "b", "c", "d"], tta="none", labels=labels)
+            if parsed.submission:
+                Path(parsed.submission).write_text("Image IDs,Predictions\n")
+        elif argv[0] == "ensemble":
+            ensemble(parsed.probs, out=parsed.out, submission=parsed.submission)
+    return sh
+
+
+def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     ab = _bench("ablation")
     # two segments: 100 s to the last epoch line, then a resumed 50 s
     lines = [{"event": "start", "time": 1000.0}, {"event": "epoch", "time": 1060.0},
@@ -89,20 +118,35 @@ def test_ablation_machine_time_and_stage_two_from_the_ce_run_of_its_seed(tmp_pat
     for split in ("train", "val", "test"):
         (data / f"{split}.beton").write_bytes(b"")
     args = ab.argparse.Namespace(data=data, out=tmp_path / "out", set=["epochs=3"], stage2_epochs=2,
-                                 submissions=tmp_path / "subs")
+                                 submissions=tmp_path / "subs", tag="")
     study = ab.Study(args)
     calls = []
-    monkeypatch.setattr(study, "sh", lambda *a: calls.append([str(x) for x in a]))
-    run = study.train("tiny_vipriors_resnet18_triplet", 1)
-    ce = str(study.run_dir("tiny_vipriors_resnet18", 1))
-    assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["tiny_vipriors_resnet18.py", "tiny_vipriors_resnet18_triplet.py"]
-    assert "seed=1" in calls[0] and "epochs=3" in calls[0] and "--resume" not in calls[0]
-    stage2 = calls[1]
-    assert f"init_from={ce}" in stage2 and stage2[-1] == "epochs=2" and "seed=1" in stage2
-    assert (run / "done").exists()
+    monkeypatch.setattr(study, "sh", _fake_fastvip(calls))
+    results = {"chain": ab.measure(study, ab.CHAIN, "chain"), "deepblue": ab.measure(study, ab.DEEPBLUE, "deepblue")}
+    runs = [c for c in calls if c[0] == "run"]
+    ce = str(study.run_dir("tiny_vipriors_resnet18", 1) / "last.pt")
+    triplet = next(c for c in runs if c[1].endswith("tiny_vipriors_resnet18_triplet.py"))
+    assert "seed=0" in triplet and triplet[-1] == "epochs=2" and "epochs=3" in triplet
+    assert sum(c[1].endswith("tiny_vipriors_resnet18_triplet.py") for c in runs) == 1  # one seed
+    assert f"init_from={ce}" not in triplet and f"init_from={ce.replace('_s1', '_s0')}" in triplet
+    # the fusion row trains nothing: the auxiliary runs predicted with the framework's fusion weight
+    assert not any(c[1].endswith("tiny_vipriors_framework.py") for c in runs)
+    fused = [c for c in calls if c[0] == "predict" and "--fusion" in c]
+    assert {c[1] for c in fused} == {str(study.run_dir("tiny_vipriors_aux", s)) for s in (0, 1)}
+    assert all(c[c.index("--fusion") + 1] == "0.3" for c in fused)
+    rows = {r["row"]: r for g in results.values() for r in g}
+    assert set(rows["+ auxiliary fusion"]["top1"]) == {0, 1} and rows["+ auxiliary fusion"]["seconds"] is None
+    assert rows["strong baseline"]["seconds"] == pytest.approx(120.0)  # two seeds x 60 s
+    ens = rows["ensemble: CE, triplet, ArcFace"]
+    assert ens["ref"] in ("CE", "stage 2 + triplet", "stage 2 + ArcFace") and 0 in ens["top1"]
+    subs = ab.submissions(study, results)
+    assert set(subs) == {"framework", "deepblueai_ensemble", "best_single"}
+    assert all(Path(v).name.startswith("out_") and Path(v).exists() for v in subs.values())
     calls.clear()
-    study.train("tiny_vipriors_resnet18_triplet", 1)  # done: nothing runs again
-    assert calls == []
+    assert study.train("tiny_vipriors_resnet18_triplet", 0) and calls == []  # done: nothing runs again
+    args.set = ["epochs=4"]  # another protocol in the same OUT is refused
+    with pytest.raises(SystemExit, match="another protocol"):
+        ab.Study(args)
 
 
 def test_time_to_accuracy_x_baseline_only_at_no_less_accuracy():
