@@ -249,3 +249,11 @@ def test_predict_and_score_reject_wrong_files(colour_data, tmp_path):
     write_submission(tmp_path / "header_only.csv", [], [])
     with pytest.raises(FastvipError, match="share no image ids"):
         score(tmp_path / "header_only.csv", tmp_path / "header_only.csv")
+
+
+def test_settings_the_device_cannot_run_are_refused_before_the_run_directory(colour_data, tmp_path):
+    out = tmp_path / "r"
+    recipe = Recipe(train_data=str(colour_data["train"]), amp="fp16", device="cpu")
+    with pytest.raises(FastvipError, match="amp=fp16 needs CUDA"):
+        run(recipe, out, console=Console(quiet=True))
+    assert not out.exists()
