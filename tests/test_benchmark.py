@@ -52,10 +52,6 @@ def _bench(name: str):
     return mod
 
 
-def _time_to_accuracy():
-    return _bench("time_to_accuracy")
-
-
 def test_ablation_change_its_error_and_the_signal_rule():
     ab = _bench("ablation")
     assert ab.binomial_se(20.0, 10_000) == pytest.approx(0.4)  # sqrt(0.2 * 0.8 / 10,000) = 0.4 points
@@ -150,7 +146,7 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
 
 
 def test_time_to_accuracy_x_baseline_only_at_no_less_accuracy():
-    tta = _time_to_accuracy()
+    tta = _bench("time_to_accuracy")
     entries = {"baseline": {"done": True, "wall_s": 3000.0, "last_top1": 21.0},
                "fast": {"done": True, "wall_s": 900.0, "last_top1": 21.0},       # equal accuracy: valid
                "faster": {"done": True, "wall_s": 600.0, "last_top1": 20.99},    # 5x, but less accurate
@@ -165,7 +161,7 @@ def test_time_to_accuracy_x_baseline_only_at_no_less_accuracy():
 
 
 def test_time_to_accuracy_counts_a_cut_segment_up_to_its_last_checkpointed_epoch():
-    tta = _time_to_accuracy()
+    tta = _bench("time_to_accuracy")
     # segment 1 was cut by a session end 70 s in, after epochs ending at 30 s and 60 s; segment 2 resumed
     segments = [{"start": 1000.0, "end": None}, {"start": 5000.0, "end": 5050.0}]
     epochs = [{"epoch": 1, "time": 1030.0, "val_top1": 5.0, "val_top1_ema": 6.0, "val_n": 10},
