@@ -21,10 +21,16 @@ seeds both have), the binomial standard error of that change on n val images, th
 where there are two, and whether the change is signal: at least twice its standard error and,
 where a row has two seeds, larger than their spread. Results: ``OUT/ablation.json`` and
 ``OUT/ablation.md``; test submissions of the full framework, the DeepBlueAI ensemble and the
-best single row in ``--submissions`` as ``<tag>_*.csv``. Interrupted, the same command resumes
-every unfinished run (``fastvip run --resume``); one OUT holds one protocol (``protocol.json``)::
+best single row in ``--submissions`` as ``<tag>_*.csv``. One OUT holds one protocol
+(``protocol.json``). The study spans sessions: every finished run's figures go at once to
+``OUT/ledger.json`` (committed with ``protocol.json``; the run directories under ``OUT/runs/``
+are not), and a run in the ledger is never trained again for its figure. Interrupted, the same
+command resumes an unfinished run (``fastvip run --resume``) where its directory is left; a model
+needed after its directory is gone (a stage 2's CE start, an ensemble member's probabilities) is
+trained again, and the log says so. Each seed-0 run's test submission is written as soon as it
+finishes, so the best single row's exists whichever it turns out to be::
 
-    python benchmarks/ablation.py --data data/tiny-vipriors --out ablation \\
+    python benchmarks/ablation.py --data data/tiny-vipriors --out benchmarks/ablation \\
         --set epochs=60 eval_every=10 --stage2-epochs 15
 
 It first trains CE and the strong baseline (seed 0) and stops unless the strong baseline leads
@@ -38,6 +44,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +165,8 @@ class Study:
                      "use a new --out")
         from fastvip import atomic
         atomic.write_json(saved, protocol)
+        self.ledger_path = self.out / "ledger.json"
+        self.ledger = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
 
     def sh(self, *args) -> None:
         cmd = [sys.executable, "-m", "fastvip", *map(str, args)]
@@ -168,15 +177,30 @@ class Study:
         if rc:
             sys.exit(f"error: {' '.join(cmd[2:5])} ... failed ({rc}); see {self.log}")
 
+    def note(self, text: str) -> None:
+        print(text)
+        with open(self.log, "a") as fh:
+            fh.write(f"# {text}\n")
+
+    def record(self, key: str, entry: dict) -> dict:
+        """Add one finished result to the ledger (written at once: a session may end any time)."""
+        from fastvip import atomic
+        self.ledger[key] = dict(entry, date=time.strftime("%Y-%m-%d %H:%M"))
+        atomic.write_json(self.ledger_path, self.ledger)
+        return self.ledger[key]
+
     def run_dir(self, recipe: str, seed: int) -> Path:
         return self.out / "runs" / f"{recipe}_s{seed}"
 
     def train(self, recipe: str, seed: int) -> Path:
-        """One run of the protocol (resumed where a checkpoint is left); returns its directory."""
+        """A trained model of the protocol (resumed where a checkpoint is left); returns its directory."""
         from fastvip.recipe import load_recipe
         d = self.run_dir(recipe, seed)
         if (d / "done").exists():
             return d
+        if f"{recipe}_s{seed}" in self.ledger:
+            self.note(f"{recipe} seed {seed}: its directory is gone; training it again for its model "
+                      "(the ledger keeps its first figures)")
         path = REPO / "recipes" / f"{recipe}.py"
         sets = [*self.args.set, f"train_data={self.packs['train']}", f"val_data={self.packs['val']}",
                 f"seed={seed}"]
@@ -188,6 +212,26 @@ class Study:
         d.mkdir(parents=True, exist_ok=True)
         (d / "done").write_text("")
         return d
+
+    def score(self, recipe: str, seed: int) -> dict:
+        """A row's figures for one seed: from the ledger, or trained, scored on val and (seed 0)
+        predicted on test now, while its model is here. The auxiliary row's runs also score the
+        fusion row (the same model, fused) at once."""
+        key = f"{recipe}_s{seed}"
+        if key in self.ledger:
+            return self.ledger[key]
+        if recipe == FUSION_ROW:  # inference only: the auxiliary row's model, fused
+            run, fusion, seconds = self.train(FUSED_FROM, seed), fusion_weight(), None
+        else:
+            from fastvip.metrics import read
+            run, fusion = self.train(recipe, seed), None
+            seconds = run_seconds(read(run / "metrics.jsonl"))
+        acc, n = top1(self.val_probs(run, fusion))
+        sub = self.test_submission(run, "framework" if fusion else recipe, fusion)[0] if seed == 0 else None
+        entry = self.record(key, {"top1": acc, "n": n, "seconds": seconds, "submission": sub})
+        if recipe == FUSED_FROM:
+            self.score(FUSION_ROW, seed)
+        return entry
 
     def val_probs(self, run: Path, fusion: float | None = None) -> Path:
         """The last epoch's declared weights on val (and with ``fusion``, the auxiliary head fused)."""
@@ -224,52 +268,54 @@ def fusion_weight() -> float:
     return load_recipe(REPO / "recipes" / f"{FUSION_ROW}.py").fusion_weight
 
 
+def ensemble(study: Study) -> dict:
+    """The DeepBlueAI ensemble (seed 0): val top-1 and test submission, from its members'
+    probabilities (members whose directories are gone are trained again)."""
+    if "ensemble_s0" in study.ledger:
+        return study.ledger["ensemble_s0"]
+    members = {name: recipe for name, recipe, _, _ in DEEPBLUE if name in ENSEMBLE[1]}
+    runs = [study.train(members[m], 0) for m in ENSEMBLE[1]]
+    val = study.out / "runs" / "ensemble_val.npz"
+    study.sh("ensemble", *[study.val_probs(r) for r in runs], "--out", val,
+             "--submission", val.with_suffix(".csv"), "--quiet")
+    sub = study.subs / f"{study.tag}_deepblueai_ensemble.csv"
+    tests = [study.test_submission(r, members[m])[1] for r, m in zip(runs, ENSEMBLE[1])]
+    study.sh("ensemble", *tests, "--submission", sub, "--quiet")
+    acc, n = top1(val)
+    return study.record("ensemble_s0", {"top1": acc, "n": n, "seconds": None, "submission": shown(sub)})
+
+
 def measure(study: Study, rows: list, group: str) -> list[dict]:
-    """Train (or resume) and score every row of one table; the DeepBlueAI table gains the ensemble."""
-    from fastvip.metrics import read
+    """Score every row of one table (from the ledger, or trained); the DeepBlueAI table gains the ensemble."""
     out = []
     for name, recipe, seeds, ref in rows:
-        row = {"row": name, "recipe": recipe, "ref": ref, "top1": {}, "seconds": 0.0, "val": {}, "n": None}
+        row = {"row": name, "recipe": recipe, "ref": ref, "top1": {}, "seconds": 0.0, "n": None, "submission": None}
         for seed in seeds:
-            if recipe == FUSION_ROW:  # inference only: the auxiliary row's model, fused
-                probs = study.val_probs(study.train(FUSED_FROM, seed), fusion_weight())
-                row["seconds"] = None
-            else:
-                run = study.train(recipe, seed)
-                probs = study.val_probs(run)
-                row["seconds"] += run_seconds(read(run / "metrics.jsonl"))
-            row["top1"][seed], row["n"] = top1(probs)
-            row["val"][seed] = str(probs)
+            e = study.score(recipe, seed)
+            row["top1"][seed], row["n"] = e["top1"], e["n"]
+            row["seconds"] = None if e["seconds"] is None else row["seconds"] + e["seconds"]
+            row["submission"] = row["submission"] or e.get("submission")
         out.append(row)
     if group == "deepblue":
-        by = {r["row"]: r for r in out}
-        ens = study.out / "ensemble_val.npz"
-        if not ens.exists():
-            study.sh("ensemble", *[by[m]["val"][0] for m in ENSEMBLE[1]], "--out", ens,
-                     "--submission", study.out / "ensemble_val.csv", "--quiet")
-        best = max(ENSEMBLE[1], key=lambda m: by[m]["top1"][0])
-        acc, n = top1(ens)
-        out.append({"row": ENSEMBLE[0], "recipe": "fastvip ensemble", "ref": best, "top1": {0: acc},
-                    "seconds": None, "val": {0: str(ens)}, "n": n})
+        best = max(ENSEMBLE[1], key=lambda m: next(r for r in out if r["row"] == m)["top1"][0])
+        e = ensemble(study)
+        out.append({"row": ENSEMBLE[0], "recipe": "fastvip ensemble", "ref": best, "top1": {0: e["top1"]},
+                    "seconds": None, "n": e["n"], "submission": e["submission"]})
     return out
 
 
-def submissions(study: Study, results: dict) -> dict:
-    """Test submissions: the full framework (fused auxiliary row, seed 0), the DeepBlueAI
-    ensemble and the best single trained row (seed 0)."""
+def submissions(results: dict) -> dict:
+    """The issue's test submissions, all written as their runs finished: the full framework
+    (fused auxiliary row, seed 0), the DeepBlueAI ensemble and the best single trained row (seed 0)."""
+    rows = {r["recipe"]: r for group in results.values() for r in group}
     subs = {}
-    if "chain" in results:
-        subs["framework"] = study.test_submission(study.run_dir(FUSED_FROM, 0), "framework", fusion_weight())[0]
-    if "deepblue" in results:
-        members = {r["row"]: r["recipe"] for r in results["deepblue"]}
-        tests = [study.test_submission(study.run_dir(members[m], 0), members[m])[1] for m in ENSEMBLE[1]]
-        sub = study.subs / f"{study.tag}_deepblueai_ensemble.csv"
-        study.sh("ensemble", *tests, "--submission", sub, "--quiet")  # cheap: always from this study's files
-        subs["deepblueai_ensemble"] = shown(sub)
-    trained = [r for rows in results.values() for r in rows if r["seconds"] is not None and 0 in r["top1"]]
+    if FUSION_ROW in rows:
+        subs["framework"] = rows[FUSION_ROW]["submission"]
+    if "fastvip ensemble" in rows:
+        subs["deepblueai_ensemble"] = rows["fastvip ensemble"]["submission"]
+    trained = [r for r in rows.values() if r["seconds"] is not None and 0 in r["top1"]]
     if trained:
-        best = max(trained, key=lambda r: r["top1"][0])
-        subs["best_single"] = study.test_submission(study.run_dir(best["recipe"], 0), best["recipe"])[0]
+        subs["best_single"] = max(trained, key=lambda r: r["top1"][0])["submission"]
     return subs
 
 
@@ -280,7 +326,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO / "data" / "tiny-vipriors",
                     help="folder with the packed train/val/test .beton files")
-    ap.add_argument("--out", type=Path, default=Path("ablation"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "ablation",
+                    help="the study's folder: protocol.json, ledger.json, log.txt, tables (committed); runs/ (not)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="the protocol: overrides for every run (e.g. epochs=60 eval_every=10)")
     ap.add_argument("--stage2-epochs", type=int, default=None, help="stage-2 length (default: the recipes')")
@@ -304,7 +351,7 @@ def main(argv=None) -> int:
         args.stage2_epochs = load_recipe(REPO / "recipes" / f"{DEEPBLUE[1][1]}.py").epochs
     study = Study(args)
     if args.min_gap > 0:  # the protocol's length check comes first: no other row is worth running before it
-        sb, ce = (top1(study.val_probs(study.train(r, 0)))[0] for r in (CHAIN[0][1], DEEPBLUE[0][1]))
+        sb, ce = (study.score(r, 0)["top1"] for r in (CHAIN[0][1], DEEPBLUE[0][1]))
         print(f"strong baseline {sb:.2f} % vs CE {ce:.2f} % (seed 0): {sb - ce:+.2f} points")
         if sb - ce < args.min_gap:
             sys.exit(f"error: the strong baseline leads CE by {sb - ce:.2f} < {args.min_gap} points: lengthen "
@@ -315,7 +362,7 @@ def main(argv=None) -> int:
     hours = sum(r["seconds"] or 0 for rows in results.values() for r in rows) / 3600
     text = "\n\n".join(table(TITLES[g], rows, n) for g, rows in results.items())
     text += f"\n\nMachine time of the runs: {hours:.1f} h; val images: {n}."
-    subs = submissions(study, results)
+    subs = submissions(results)
     atomic.write_json(study.out / "ablation.json", {"protocol": {"set": args.set, "stage2_epochs": args.stage2_epochs},
                                                     "val_n": n, "rows": results, "submissions": subs,
                                                     "machine_hours": hours})

@@ -135,11 +135,31 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     assert rows["strong baseline"]["seconds"] == pytest.approx(120.0)  # two seeds x 60 s
     ens = rows["ensemble: CE, triplet, ArcFace"]
     assert ens["ref"] in ("CE", "stage 2 + triplet", "stage 2 + ArcFace") and 0 in ens["top1"]
-    subs = ab.submissions(study, results)
+    subs = ab.submissions(results)
     assert set(subs) == {"framework", "deepblueai_ensemble", "best_single"}
     assert all(Path(v).name.startswith("out_") and Path(v).exists() for v in subs.values())
+    # every seed-0 run was predicted on test as it finished, so the best single row's file exists
+    assert {p.name for p in (tmp_path / "subs").iterdir()} == {
+        f"out_{r}.csv" for _, r, _, _ in ab.CHAIN + ab.DEEPBLUE if r != ab.FUSION_ROW} | {
+        "out_framework.csv", "out_deepblueai_ensemble.csv"}
     calls.clear()
     assert study.train("tiny_vipriors_resnet18_triplet", 0) and calls == []  # done: nothing runs again
+    # a new session's checkout: the committed ledger, no run directories; nothing is trained again
+    # for a figure, and a model needed once more (the ensemble's members) is
+    import shutil
+    shutil.rmtree(study.out / "runs")
+    again = ab.Study(args)
+    monkeypatch.setattr(again, "sh", _fake_fastvip(calls))
+    assert ab.measure(again, ab.CHAIN, "chain") == results["chain"] and calls == []
+    ledger = json.loads((study.out / "ledger.json").read_text())
+    del ledger["ensemble_s0"]
+    (study.out / "ledger.json").write_text(json.dumps(ledger))
+    again = ab.Study(args)
+    monkeypatch.setattr(again, "sh", _fake_fastvip(calls))
+    assert ab.measure(again, ab.DEEPBLUE, "deepblue")[:4] == results["deepblue"][:4]
+    trained = [Path(c[1]).stem for c in calls if c[0] == "run"]
+    assert trained == ["tiny_vipriors_resnet18", "tiny_vipriors_resnet18_triplet", "tiny_vipriors_resnet18_arcface"]
+    assert "training it again" in (study.out / "log.txt").read_text()
     args.set = ["epochs=4"]  # another protocol in the same OUT is refused
     with pytest.raises(SystemExit, match="another protocol"):
         ab.Study(args)
