@@ -245,10 +245,11 @@ class Study:
         """``--submissions/<tag>_<name>.csv`` and the test probabilities beside the run."""
         sub = self.subs / f"{self.tag}_{name}.csv"
         probs = run / "predictions" / f"test{'' if fusion is None else '_fusion'}.npz"
-        if not (sub.exists() and probs.exists()):
+        if not probs.exists():
             extra = [] if fusion is None else ["--fusion", fusion]
-            self.sh("predict", run, self.packs["test"], "--weights", "last", "--out", probs,
-                    "--submission", sub, "--quiet", *extra)
+            # a kept submission is never overwritten: a model trained again only supplies probabilities
+            extra += [] if sub.exists() else ["--submission", sub]
+            self.sh("predict", run, self.packs["test"], "--weights", "last", "--out", probs, "--quiet", *extra)
         return shown(sub), probs
 
 

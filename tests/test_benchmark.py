@@ -160,6 +160,8 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     trained = [Path(c[1]).stem for c in calls if c[0] == "run"]
     assert trained == ["tiny_vipriors_resnet18", "tiny_vipriors_resnet18_triplet", "tiny_vipriors_resnet18_arcface"]
     assert "training it again" in (study.out / "log.txt").read_text()
+    assert not any("--submission" in c and str(tmp_path / "subs") in " ".join(c) and c[0] == "predict"
+                   for c in calls)  # the retrained members' kept submissions are not overwritten
     args.set = ["epochs=4"]  # another protocol in the same OUT is refused
     with pytest.raises(SystemExit, match="another protocol"):
         ab.Study(args)
