@@ -190,7 +190,7 @@ class Study:
         return self.ledger[key]
 
     def run_dir(self, recipe: str, seed: int) -> Path:
-        return self.out / "runs" / f"{recipe}_s{seed}"
+        return self.out / "runs" / key(recipe, seed)
 
     def train(self, recipe: str, seed: int) -> Path:
         """A trained model of the protocol (resumed where a checkpoint is left); returns its directory."""
@@ -198,7 +198,7 @@ class Study:
         d = self.run_dir(recipe, seed)
         if (d / "done").exists():
             return d
-        if f"{recipe}_s{seed}" in self.ledger:
+        if key(recipe, seed) in self.ledger:
             self.note(f"{recipe} seed {seed}: its directory is gone; training it again for its model "
                       "(the ledger keeps its first figures)")
         path = REPO / "recipes" / f"{recipe}.py"
@@ -217,9 +217,9 @@ class Study:
         """A row's figures for one seed: from the ledger, or trained, scored on val and (seed 0)
         predicted on test now, while its model is here. The auxiliary row's runs also score the
         fusion row (the same model, fused) at once."""
-        key = f"{recipe}_s{seed}"
-        if key in self.ledger:
-            return self.ledger[key]
+        k = key(recipe, seed)
+        if k in self.ledger:
+            return self.ledger[k]
         if recipe == FUSION_ROW:  # inference only: the auxiliary row's model, fused
             run, fusion, seconds = self.train(FUSED_FROM, seed), fusion_weight(), None
         else:
@@ -228,7 +228,7 @@ class Study:
             seconds = run_seconds(read(run / "metrics.jsonl"))
         acc, n = top1(self.val_probs(run, fusion))
         sub = self.test_submission(run, "framework" if fusion else recipe, fusion)[0] if seed == 0 else None
-        entry = self.record(key, {"top1": acc, "n": n, "seconds": seconds, "submission": sub})
+        entry = self.record(k, {"top1": acc, "n": n, "seconds": seconds, "submission": sub})
         if recipe == FUSED_FROM:
             self.score(FUSION_ROW, seed)
         return entry
@@ -253,6 +253,11 @@ class Study:
         return shown(sub), probs
 
 
+def key(recipe: str, seed: int) -> str:
+    """One run's name: its ledger key and its directory under OUT/runs/."""
+    return f"{recipe}_s{seed}"
+
+
 def shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
@@ -272,8 +277,8 @@ def fusion_weight() -> float:
 def ensemble(study: Study) -> dict:
     """The DeepBlueAI ensemble (seed 0): val top-1 and test submission, from its members'
     probabilities (members whose directories are gone are trained again)."""
-    if "ensemble_s0" in study.ledger:
-        return study.ledger["ensemble_s0"]
+    if key("ensemble", 0) in study.ledger:
+        return study.ledger[key("ensemble", 0)]
     members = {name: recipe for name, recipe, _, _ in DEEPBLUE if name in ENSEMBLE[1]}
     runs = [study.train(members[m], 0) for m in ENSEMBLE[1]]
     val = study.out / "runs" / "ensemble_val.npz"
@@ -283,7 +288,7 @@ def ensemble(study: Study) -> dict:
     tests = [study.test_submission(r, members[m])[1] for r, m in zip(runs, ENSEMBLE[1])]
     study.sh("ensemble", *tests, "--submission", sub, "--quiet")
     acc, n = top1(val)
-    return study.record("ensemble_s0", {"top1": acc, "n": n, "seconds": None, "submission": shown(sub)})
+    return study.record(key("ensemble", 0), {"top1": acc, "n": n, "seconds": None, "submission": shown(sub)})
 
 
 def measure(study: Study, rows: list, group: str) -> list[dict]:
