@@ -293,18 +293,27 @@ def ensemble(study: Study) -> dict:
 
 def measure(study: Study, rows: list, group: str) -> list[dict]:
     """Score every row of one table (from the ledger, or trained); the DeepBlueAI table gains the ensemble."""
+    # seed 0 of every row first: the table is whole early, and each stage 2 (and the ensemble)
+    # runs while its seed-0 CE model is still in this session's OUT/runs
+    scores, ens = {}, None
+    for s in sorted({s for _, _, seeds, _ in rows for s in seeds}):
+        for name, recipe, seeds, _ in rows:
+            if s in seeds:
+                scores[name, s] = study.score(recipe, s)
+        if group == "deepblue" and s == 0:
+            ens = ensemble(study)
     out = []
     for name, recipe, seeds, ref in rows:
         row = {"row": name, "recipe": recipe, "ref": ref, "top1": {}, "seconds": 0.0, "n": None, "submission": None}
         for seed in seeds:
-            e = study.score(recipe, seed)
+            e = scores[name, seed]
             row["top1"][seed], row["n"] = e["top1"], e["n"]
             row["seconds"] = None if e["seconds"] is None else row["seconds"] + e["seconds"]
             row["submission"] = row["submission"] or e.get("submission")
         out.append(row)
     if group == "deepblue":
         best = max(ENSEMBLE[1], key=lambda m: next(r for r in out if r["row"] == m)["top1"][0])
-        e = ensemble(study)
+        e = ens
         out.append({"row": ENSEMBLE[0], "recipe": "fastvip ensemble", "ref": best, "top1": {0: e["top1"]},
                     "seconds": None, "n": e["n"], "submission": e["submission"]})
     return out

@@ -125,6 +125,10 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     assert "seed=0" in triplet and triplet[-1] == "epochs=2" and "epochs=3" in triplet
     assert sum(c[1].endswith("tiny_vipriors_resnet18_triplet.py") for c in runs) == 1  # one seed
     assert f"init_from={ce}" not in triplet and f"init_from={ce.replace('_s1', '_s0')}" in triplet
+    # seed 0 of every row before any seed 1: each stage 2 runs while its CE model is in this session
+    order = [(Path(c[1]).stem, next(x for x in c if x.startswith("seed="))) for c in runs]
+    assert order.index(("tiny_vipriors_resnet18_arcface", "seed=0")) < order.index(("tiny_vipriors_resnet18", "seed=1"))
+    assert order.index(("tiny_vipriors_cr", "seed=0")) < order.index(("tiny_vipriors_strong_baseline", "seed=1"))
     # the fusion row trains nothing: the auxiliary runs predicted with the framework's fusion weight
     assert not any(c[1].endswith("tiny_vipriors_framework.py") for c in runs)
     fused = [c for c in calls if c[0] == "predict" and "--fusion" in c]
