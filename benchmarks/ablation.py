@@ -49,6 +49,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 # (row, recipe under recipes/, seeds, the row its change is measured from); plain data, in order
 CHAIN = [
@@ -182,12 +183,15 @@ class Study:
         with open(self.log, "a") as fh:
             fh.write(f"# {text}\n")
 
-    def record(self, key: str, entry: dict) -> dict:
+    def record(self, name: str, entry: dict) -> dict:
         """Add one finished result to the ledger (written at once: a session may end any time)."""
         from fastvip import atomic
-        self.ledger[key] = dict(entry, date=time.strftime("%Y-%m-%d %H:%M"))
+        from time_to_accuracy import machine  # the study spans sessions, and so machines
+        m = machine()
+        self.ledger[name] = dict(entry, date=time.strftime("%Y-%m-%d %H:%M"),
+                                machine={k: m[k] for k in ("cpu", "cores", "cpu_flags_sha1", "gpu", "torch")})
         atomic.write_json(self.ledger_path, self.ledger)
-        return self.ledger[key]
+        return self.ledger[name]
 
     def run_dir(self, recipe: str, seed: int) -> Path:
         return self.out / "runs" / key(recipe, seed)
@@ -376,7 +380,9 @@ def main(argv=None) -> int:
     n = next(r["n"] for rows in results.values() for r in rows)
     hours = sum(r["seconds"] or 0 for rows in results.values() for r in rows) / 3600
     text = "\n\n".join(table(TITLES[g], rows, n) for g, rows in results.items())
-    text += f"\n\nMachine time of the runs: {hours:.1f} h; val images: {n}."
+    machines = sorted({f"{e['machine']['cpu']} ({e['machine']['cores']} cores, flags sha1 {e['machine']['cpu_flags_sha1']})"
+                       for e in study.ledger.values() if "machine" in e})
+    text += f"\n\nMachine time of the runs: {hours:.1f} h, on {'; '.join(machines) or 'unrecorded machines'}; val images: {n}."
     subs = submissions(results)
     atomic.write_json(study.out / "ablation.json", {"protocol": {"set": args.set, "stage2_epochs": args.stage2_epochs},
                                                     "val_n": n, "rows": results, "submissions": subs,

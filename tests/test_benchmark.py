@@ -156,6 +156,7 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     monkeypatch.setattr(again, "sh", _fake_fastvip(calls))
     assert ab.measure(again, ab.CHAIN, "chain") == results["chain"] and calls == []
     ledger = json.loads((study.out / "ledger.json").read_text())
+    assert all(e["machine"]["cores"] and "cpu_flags_sha1" in e["machine"] for e in ledger.values())
     del ledger["ensemble_s0"]
     (study.out / "ledger.json").write_text(json.dumps(ledger))
     again = ab.Study(args)
