@@ -166,6 +166,9 @@ class Study:
                      "use a new --out")
         from fastvip import atomic
         atomic.write_json(saved, protocol)
+        from time_to_accuracy import MACHINE_KEYS, machine  # the study spans sessions, and so machines
+        m = machine()
+        self.machine = {k: m[k] for k in MACHINE_KEYS}
         self.ledger_path = self.out / "ledger.json"
         self.ledger = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
 
@@ -186,10 +189,7 @@ class Study:
     def record(self, name: str, entry: dict) -> dict:
         """Add one finished result to the ledger (written at once: a session may end any time)."""
         from fastvip import atomic
-        from time_to_accuracy import machine  # the study spans sessions, and so machines
-        m = machine()
-        self.ledger[name] = dict(entry, date=time.strftime("%Y-%m-%d %H:%M"),
-                                machine={k: m[k] for k in ("cpu", "cores", "cpu_flags_sha1", "gpu", "torch")})
+        self.ledger[name] = dict(entry, date=time.strftime("%Y-%m-%d %H:%M"), machine=self.machine)
         atomic.write_json(self.ledger_path, self.ledger)
         return self.ledger[name]
 

@@ -64,9 +64,11 @@ def machine() -> dict:
     return info
 
 
+MACHINE_KEYS = ("cpu", "cores", "cpu_flags_sha1", "gpu", "torch")  # what a time is comparable on
+
+
 def same_machine(a: dict | None, b: dict) -> bool:
-    keys = ("cpu", "cores", "cpu_flags_sha1", "gpu", "torch")
-    return bool(a) and all(a.get(k) == b.get(k) for k in keys)
+    return bool(a) and all(a.get(k) == b.get(k) for k in MACHINE_KEYS)
 
 
 def shipped_weights(recipe: dict) -> str:
