@@ -20,7 +20,7 @@ Each row shows its top-1 per seed, the change from the row it is compared with (
 seeds both have), the binomial standard error of that change on n val images, the seed spread
 where there are two, and whether the change is signal: at least twice its standard error and,
 where a row has two seeds, larger than their spread. Results: ``OUT/ablation.json`` and
-``OUT/ablation.md``; test submissions of the full framework, the DeepBlueAI ensemble and the
+``OUT/ablation.md``, with every table trained by ``--rows`` or already whole in the ledger; test submissions of the full framework, the DeepBlueAI ensemble and the
 best single row in ``--submissions`` as ``<tag>_*.csv``. One OUT holds one protocol
 (``protocol.json``). The study spans sessions: every finished run's figures go at once to
 ``OUT/ledger.json`` (committed with ``protocol.json``; the run directories under ``OUT/runs/``
@@ -69,6 +69,7 @@ DEEPBLUE = [
 ]
 FUSION_ROW, FUSED_FROM = "tiny_vipriors_framework", "tiny_vipriors_aux"  # inference only
 ENSEMBLE = ("ensemble: CE, triplet, ArcFace", ("CE", "stage 2 + triplet", "stage 2 + ArcFace"))
+GROUPS = {"chain": CHAIN, "deepblue": DEEPBLUE}
 
 
 # ------------------------------------------------------------------ the table (pure functions)
@@ -323,6 +324,12 @@ def measure(study: Study, rows: list, group: str) -> list[dict]:
     return out
 
 
+def complete(study: Study, group: str) -> bool:
+    """Whether every run of one table is in the ledger (the table can be shown without training)."""
+    keys = {key(recipe, s) for _, recipe, seeds, _ in GROUPS[group] for s in seeds}
+    return (keys | ({key("ensemble", 0)} if group == "deepblue" else set())) <= study.ledger.keys()
+
+
 def submissions(results: dict) -> dict:
     """The issue's test submissions, all written as their runs finished: the full framework
     (fused auxiliary row, seed 0), the DeepBlueAI ensemble and the best single trained row (seed 0)."""
@@ -375,8 +382,10 @@ def main(argv=None) -> int:
         if sb - ce < args.min_gap:
             sys.exit(f"error: the strong baseline leads CE by {sb - ce:.2f} < {args.min_gap} points: lengthen "
                      f"the schedule (--set epochs=...) in a new --out, or pass --min-gap 0")
-    groups = {"chain": CHAIN, "deepblue": DEEPBLUE}
-    results = {g: measure(study, groups[g], g) for g in (groups if args.rows == "all" else (args.rows,))}
+    # --rows picks what to train; the tables and submissions cover every table whose runs are all
+    # in the ledger, so a session that trains one table does not drop the other's from OUT
+    results = {g: measure(study, GROUPS[g], g) for g in GROUPS
+               if args.rows in ("all", g) or complete(study, g)}
     n = next(r["n"] for rows in results.values() for r in rows)
     hours = sum(r["seconds"] or 0 for rows in results.values() for r in rows) / 3600
     text = "\n\n".join(table(TITLES[g], rows, n) for g, rows in results.items())

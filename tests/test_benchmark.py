@@ -161,9 +161,11 @@ def test_ablation_rows_commands_and_submissions(tmp_path, monkeypatch):
     (study.out / "ledger.json").write_text(json.dumps(ledger))
     again = ab.Study(args)
     monkeypatch.setattr(again, "sh", _fake_fastvip(calls))
+    assert ab.complete(again, "chain") and not ab.complete(again, "deepblue")  # what main() shows untrained
     assert ab.measure(again, ab.DEEPBLUE, "deepblue")[:4] == results["deepblue"][:4]
     trained = [Path(c[1]).stem for c in calls if c[0] == "run"]
     assert trained == ["tiny_vipriors_resnet18", "tiny_vipriors_resnet18_triplet", "tiny_vipriors_resnet18_arcface"]
+    assert ab.complete(again, "deepblue")
     assert "training it again" in (study.out / "log.txt").read_text()
     assert not any("--submission" in c and str(tmp_path / "subs") in " ".join(c) and c[0] == "predict"
                    for c in calls)  # the retrained members' kept submissions are not overwritten
