@@ -20,8 +20,9 @@ Each row shows its top-1 per seed, the change from the row it is compared with (
 seeds both have), the binomial standard error of that change on n val images, the seed spread
 where there are two, and whether the change is signal: at least twice its standard error and,
 where a row has two seeds, larger than their spread. Results: ``OUT/ablation.json`` and
-``OUT/ablation.md``, with every table trained by ``--rows`` or already whole in the ledger; test submissions of the full framework, the DeepBlueAI ensemble and the
-best single row in ``--submissions`` as ``<tag>_*.csv``. One OUT holds one protocol
+``OUT/ablation.md``, with every table ``--rows`` trains and any other already whole in the
+ledger; test submissions of the full framework, the DeepBlueAI ensemble and the best single
+row in ``--submissions`` as ``<tag>_*.csv``. One OUT holds one protocol
 (``protocol.json``). The study spans sessions: every finished run's figures go at once to
 ``OUT/ledger.json`` (committed with ``protocol.json``; the run directories under ``OUT/runs/``
 are not), and a run in the ledger is never trained again for its figure. Interrupted, the same
