@@ -100,15 +100,16 @@ def test_predict_views_take_the_recipe_sizes_unless_overridden(trained, colour_d
 
 
 def test_ensemble_is_the_weighted_mean(tmp_path):
-    ids, classes = ["a.JPEG", "b.JPEG", "c.JPEG"], ["x", "y"]
-    p1 = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
-    p2 = np.array([[0.3, 0.7], [0.4, 0.6], [0.1, 0.9]], np.float32)
-    save_probs(tmp_path / "1.npz", ids, p1, classes, tta="none", labels=np.array([0, 1, 1]))
-    save_probs(tmp_path / "2.npz", ids, p2, classes, tta="flip", labels=np.array([0, 1, 1]))
+    ids, classes = ["a.JPEG", "b.JPEG", "c.JPEG", "d.JPEG"], ["x", "y"]
+    # d's two classes round to one float16 value: stored as float16, its argmax would flip to x
+    p1 = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4999, 0.5001]], np.float32)
+    p2 = np.array([[0.3, 0.7], [0.4, 0.6], [0.1, 0.9], [0.4999, 0.5001]], np.float32)
+    save_probs(tmp_path / "1.npz", ids, p1, classes, tta="none", labels=np.array([0, 1, 1, 1]))
+    save_probs(tmp_path / "2.npz", ids, p2, classes, tta="flip", labels=np.array([0, 1, 1, 1]))
     r = ensemble([tmp_path / "1.npz", tmp_path / "2.npz"], submission=tmp_path / "s.csv", out=tmp_path / "e.npz")
-    mean = np.load(tmp_path / "e.npz")["probs"].astype(np.float32)
-    np.testing.assert_allclose(mean, (p1.astype(np.float16).astype(np.float32) + p2.astype(np.float16)) / 2, atol=1e-3)
-    assert (tmp_path / "s.csv").read_text() == "Image IDs,Predictions\na.JPEG,0\nb.JPEG,1\nc.JPEG,1\n"
+    mean = np.load(tmp_path / "e.npz")["probs"]
+    np.testing.assert_allclose(mean, (p1 + p2) / 2, rtol=1e-6)
+    assert (tmp_path / "s.csv").read_text() == "Image IDs,Predictions\na.JPEG,0\nb.JPEG,1\nc.JPEG,1\nd.JPEG,1\n"
     assert r["top1"] == 100.0
     ensemble([tmp_path / "1.npz", tmp_path / "2.npz"], weights=[1, 3], submission=tmp_path / "w.csv")
     assert (tmp_path / "w.csv").read_text().splitlines()[1] == "a.JPEG,1"  # 0.25*0.9+0.75*0.3 < 0.5
