@@ -26,6 +26,13 @@ from torch import nn
 from .errors import FastvipError
 
 
+def float32_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``head(x)`` in float32 whatever the autocast: bf16 logits (8-bit mantissa) tie the top
+    two classes of about 1 % of val images, and a tie's argmax is the lower class index."""
+    with torch.autocast(x.device.type, enabled=False):
+        return head(x.float())
+
+
 class ArcFaceHead(nn.Module):
     """Cosine classifier: normalized features times normalized class weights."""
 
@@ -51,7 +58,7 @@ class AuxHead(nn.Module):
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         # some backbones (Swin) emit NHWC stage outputs
         dims = (1, 2) if fmap.shape[1] != self.channels and fmap.shape[-1] == self.channels else (2, 3)
-        return self.fc(self.drop(fmap.mean(dim=dims)))
+        return float32_head(self.fc, self.drop(fmap.mean(dim=dims)))
 
 
 class Net(nn.Module):
@@ -95,7 +102,7 @@ class Net(nn.Module):
             out["cosine"] = self.arcface.cosine(embedding)
             out["logits"] = self.arcface.scale * out["cosine"]
         else:
-            out["logits"] = self.backbone.get_classifier()(embedding)
+            out["logits"] = float32_head(self.backbone.get_classifier(), embedding)
         if self.aux is not None:
             out["aux"] = self.aux(self._aux_fmap)
             self._aux_fmap = None

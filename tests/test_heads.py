@@ -91,3 +91,16 @@ def test_deep_copies_hook_their_own_feature_map():
     x = torch.randn(2, 3, 32, 32)
     out = twin(x)
     assert out["aux"].shape == (2, 3) and net._aux_fmap is None
+
+
+def test_classifier_heads_compute_in_float32_under_bf16_autocast():
+    """bf16 logits tie the top two classes of ~1 % of images; the heads must not round them."""
+    torch.manual_seed(0)
+    net = build_net("test_resnet", 200, aux_stage=-2).train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    clf = net.backbone.get_classifier()
+    assert out["logits"].dtype == torch.float32 and out["aux"].dtype == torch.float32
+    torch.testing.assert_close(out["logits"], torch.nn.functional.linear(
+        out["embedding"].float(), clf.weight, clf.bias), rtol=1e-6, atol=1e-6)
