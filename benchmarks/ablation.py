@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -175,13 +174,11 @@ class Study:
         self.ledger = json.loads(self.ledger_path.read_text()) if self.ledger_path.exists() else {}
 
     def sh(self, *args) -> None:
-        cmd = [sys.executable, "-m", "fastvip", *map(str, args)]
-        with open(self.log, "a") as fh:
-            fh.write("$ " + " ".join(cmd[2:]) + "\n")
-            fh.flush()
-            rc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
+        """``fastvip *args``, logged; the study stops if it fails."""
+        from time_to_accuracy import logged
+        rc = logged([sys.executable, "-m", "fastvip", *args], self.log)
         if rc:
-            sys.exit(f"error: {' '.join(cmd[2:5])} ... failed ({rc}); see {self.log}")
+            sys.exit(f"error: fastvip {' '.join(map(str, args[:3]))} ... failed ({rc}); see {self.log}")
 
     def note(self, text: str) -> None:
         print(text)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,12 +44,10 @@ DEFAULT_MODELS = ["tiny_vipriors_resnet18", "tiny_vipriors_resnet18_triplet", "t
 
 def sh(cmd: list, log: Path) -> None:
     """Run a command, its output appended to ``log``; stop the benchmark when it fails."""
-    with open(log, "a") as fh:
-        fh.write("$ " + " ".join(map(str, cmd)) + "\n")
-        fh.flush()
-        p = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-    if p.returncode:
-        sys.exit(f"failed ({p.returncode}): {' '.join(map(str, cmd))}; see {log}")
+    from time_to_accuracy import logged
+    rc = logged(cmd, log)
+    if rc:
+        sys.exit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
 
 
 def fastvip(*args) -> list:

@@ -45,6 +45,17 @@ BASELINE = "baseline"
 BASELINE_EPOCHS = 30
 
 
+def logged(cmd: list, log: Path) -> int:
+    """Run ``cmd`` with its output appended to ``log`` after a ``$ command`` line; its exit code.
+    The benchmarks' one way to call ``fastvip``: ``python -m fastvip`` is logged as ``fastvip``."""
+    cmd = [str(c) for c in cmd]
+    shown = cmd[2:] if cmd[:3] == [sys.executable, "-m", "fastvip"] else cmd
+    with open(log, "a") as fh:
+        fh.write("$ " + " ".join(shown) + "\n")
+        fh.flush()
+        return subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
+
+
 def machine() -> dict:
     """What a time is only comparable on: the CPU (model, cores, flags) or GPU, and torch."""
     import torch
@@ -138,12 +149,6 @@ class Bench:
         tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
         os.replace(tmp, self.path)
 
-    def sh(self, cmd: list, log: Path) -> int:
-        with open(log, "a") as fh:
-            fh.write("$ " + " ".join(map(str, cmd)) + "\n")
-            fh.flush()
-            return subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
-
     def pack(self) -> None:
         """Pack the splits once (timed, reported apart: paid once per dataset)."""
         data, src = self.args.data, self.args.src
@@ -155,7 +160,7 @@ class Bench:
                 sys.exit(f"error: {out} does not exist and --src has no {split}/ to pack it from")
             data.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
-            if self.sh([sys.executable, "-m", "fastvip", "pack", src / split, out, "--quiet"],
+            if logged([sys.executable, "-m", "fastvip", "pack", src / split, out, "--quiet"],
                        self.args.work / "pack.log"):
                 sys.exit(f"error: packing {src / split} failed; see {self.args.work / 'pack.log'}")
             self.doc.setdefault("pack_s", {})[split] = round(time.time() - t0, 2)
@@ -175,7 +180,7 @@ class Bench:
                "--epochs", self.args.baseline_epochs, "--json", out]
         out.unlink(missing_ok=True)
         start = time.time()
-        rc = self.sh(cmd, self.args.work / "baseline.log")
+        rc = logged(cmd, self.args.work / "baseline.log")
         end = time.time()
         if rc:
             sys.exit(f"error: the baseline failed ({rc}); see {self.args.work / 'baseline.log'}")
@@ -209,7 +214,7 @@ class Bench:
         e["command"] = "fastvip run " + " ".join(map(str, cmd[4:]))
         e["segments"].append({"start": time.time(), "end": None})
         self.save()
-        rc = self.sh(cmd, self.args.work / f"{name}.log")
+        rc = logged(cmd, self.args.work / f"{name}.log")
         e["segments"][-1]["end"] = time.time()
         if rc:
             self.save()
@@ -227,7 +232,7 @@ class Bench:
         if self.args.submissions:
             self.args.submissions.mkdir(parents=True, exist_ok=True)
             sub = self.args.submissions / f"{name}.csv"
-            if self.sh([sys.executable, "-m", "fastvip", "predict", run_dir, self.args.data / "test.beton",
+            if logged([sys.executable, "-m", "fastvip", "predict", run_dir, self.args.data / "test.beton",
                         "--weights", "last", "--submission", sub], self.args.work / f"{name}.log"):
                 sys.exit(f"error: predicting {name} failed; see {self.args.work / f'{name}.log'}")
             e["submission"] = os.path.relpath(sub, REPO)
