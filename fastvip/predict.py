@@ -156,8 +156,8 @@ def _flip_views(loader):
 def save_probs(path, ids, probs, classes, *, tta: str, labels=None, scales=None, tencrop_size=None) -> None:
     """``.npz`` with ids, float32 probabilities, class names and the TTA used (atomic).
 
-    Not float16: its 11-bit mantissa ties the top two classes of about 1 % of val images
-    of a 200-class model, and a tie's argmax is the lower class index, not predict's."""
+    Not float16: its 11-bit significand tied the top two classes of 5 of 10,000 val images
+    (a fused resnet10t), and a tie's argmax is the lower class index, not predict's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
