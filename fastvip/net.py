@@ -26,7 +26,7 @@ from torch import nn
 from .errors import FastvipError
 
 
-def float32_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def float32_head(head, x: torch.Tensor) -> torch.Tensor:
     """``head(x)`` in float32 whatever the autocast: bf16 logits (8-bit mantissa) tie the top
     two classes of about 1 % of val images, and a tie's argmax is the lower class index."""
     with torch.autocast(x.device.type, enabled=False):
@@ -43,7 +43,10 @@ class ArcFaceHead(nn.Module):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
 
     def cosine(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+        return float32_head(self._cosine, x)
+
+    def _cosine(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
 
 
 class AuxHead(nn.Module):

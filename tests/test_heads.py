@@ -104,3 +104,10 @@ def test_classifier_heads_compute_in_float32_under_bf16_autocast():
     assert out["logits"].dtype == torch.float32 and out["aux"].dtype == torch.float32
     torch.testing.assert_close(out["logits"], torch.nn.functional.linear(
         out["embedding"].float(), clf.weight, clf.bias), rtol=1e-6, atol=1e-6)
+    arc = build_net("test_resnet", 200, arcface_scale=16.0).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = arc(x)
+    assert out["cosine"].dtype == torch.float32 and out["logits"].dtype == torch.float32
+    w = torch.nn.functional.normalize(arc.arcface.weight, dim=1)
+    torch.testing.assert_close(out["cosine"], torch.nn.functional.linear(
+        torch.nn.functional.normalize(out["embedding"].float(), dim=1), w), rtol=1e-6, atol=1e-6)
