@@ -226,7 +226,7 @@ class Study:
         if recipe == FUSION_ROW:  # inference only: the auxiliary row's model, fused
             run, fusion, seconds = self.train(FUSED_FROM, seed), fusion_weight(), None
         else:
-            from fastvip.metrics import read
+            from fastvip.train.metrics import read
             run, fusion = self.train(recipe, seed), None
             seconds = run_seconds(read(run / "metrics.jsonl"))
         acc, n = top1(self.val_probs(run, fusion))
@@ -267,7 +267,7 @@ def shown(path: Path) -> str:
 
 def top1(npz: Path) -> tuple[float, int]:
     """Top-1 (%) of a probabilities file against the labels it carries, and its image count."""
-    from fastvip.predict import load_probs
+    from fastvip.infer.predict import load_probs
     z = load_probs(npz)
     return 100.0 * float((z["probs"].argmax(1) == z["labels"]).mean()), len(z["ids"])
 

@@ -165,15 +165,15 @@ def main(argv=None) -> int:
 
 def _labels_csv(packed: Path, path: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from fastvip.pack import open_packed
-    from fastvip.predict import write_submission
+    from fastvip.data.pack import open_packed
+    from fastvip.infer.predict import write_submission
     p = open_packed(packed)
     write_submission(path, p.ids, [int(x) for x in p.labels])
 
 
 def _score(sub: Path, labels: Path) -> float:
     sys.path.insert(0, str(REPO))
-    from fastvip.predict import score
+    from fastvip.infer.predict import score
     return score(sub, labels)["top1"]
 
 

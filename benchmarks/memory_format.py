@@ -29,7 +29,7 @@ from throughput import REPO, bench_steps, plain, report, training_step  # noqa: 
 
 from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
-from fastvip.model import MEMORY_FORMATS, measured_formats, resolve_device  # noqa: E402
+from fastvip.methods.model import MEMORY_FORMATS, measured_formats, resolve_device  # noqa: E402
 
 
 def recipe_models(paths: list[str]) -> dict[str, recipe_mod.Recipe]:

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 from fastvip import atomic, recipe as recipe_mod  # noqa: E402
 from fastvip.console import Console  # noqa: E402
 from fastvip.errors import FastvipError  # noqa: E402
-from fastvip.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from fastvip.model import amp_dtype, amp_name, autocast, resolve_device, use_channels_last  # noqa: E402
+from fastvip.methods.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from fastvip.methods.model import amp_dtype, amp_name, autocast, resolve_device, use_channels_last  # noqa: E402
 from fastvip.train import OPTIMIZER_IMPL_KWARGS, optimizer_impl  # noqa: E402
 
 
@@ -394,7 +394,7 @@ def run(args) -> list[dict]:
         if data is None and any(n != "torchvision" for n in names) or data is None and "e2e" in modes:
             if source is None:
                 raise FastvipError("give --data, or --source to pack")
-            from fastvip.pack import pack
+            from fastvip.data.pack import pack
             data = tmp / "bench.beton"
             pack(source, data, console=Console(quiet=True))
         common = {"batch_size": args.batch_size, "res": args.res, "device": str(device)}

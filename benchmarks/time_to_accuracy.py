@@ -219,7 +219,7 @@ class Bench:
         if rc:
             self.save()
             sys.exit(f"error: {name} failed ({rc}); see {self.args.work / f'{name}.log'}")
-        from fastvip import metrics
+        from fastvip.train import metrics
         lines = metrics.read(run_dir / "metrics.jsonl")
         epochs = [x for x in lines if x.get("event") == "epoch"]
         rdict = json.loads((run_dir / "recipe.json").read_text())

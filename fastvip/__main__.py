@@ -1,6 +1,6 @@
 """``python -m fastvip`` (also what ``torchrun -m fastvip`` runs)."""
 import sys
 
-from .cli import main
+from fastvip.cli import main
 
 sys.exit(main())

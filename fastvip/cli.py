@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -14,26 +14,26 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _console(args):
-    from .console import Console
+    from fastvip.console import Console
     return Console(quiet=args.quiet)
 
 
 def cmd_pack(args) -> int:
-    from .pack import pack
+    from fastvip.data.pack import pack
     result = pack(args.src, args.out, max_side=args.max_side, quality=args.quality, workers=args.workers,
                   force=args.force, strict=args.strict, console=_console(args))
     return 0 if result.num_images else 1
 
 
 def cmd_run(args) -> int:
-    from . import recipe as recipe_mod
-    from .distributed import launched_by_torchrun
+    from fastvip import recipe as recipe_mod
+    from fastvip.distributed import launched_by_torchrun
     recipe = recipe_mod.resolve(args.recipe, _flatten(args.set))
     out = args.out or recipe.out or os.path.join("runs", Path(args.recipe).stem)
     if args.nproc and args.nproc > 1 and not launched_by_torchrun():
         return _torchrun(args, out)
-    from .stop import EXIT_TEMPFAIL, RunStopped
-    from .train import run
+    from fastvip.train.stop import EXIT_TEMPFAIL, RunStopped
+    from fastvip.train import run
     try:
         run(recipe, out, resume=args.resume, console=_console(args), stop_after=args.stop_after)
     except RunStopped as e:
@@ -53,7 +53,7 @@ def _torchrun(args, out: str) -> int:
             if on]
     if args.stop_after:
         cmd += ["--stop-after", str(args.stop_after)]
-    from .stop import EXIT_TEMPFAIL, forward_to_workers, stopped_run
+    from fastvip.train.stop import EXIT_TEMPFAIL, forward_to_workers, stopped_run
     proc = subprocess.Popen(cmd)
     with forward_to_workers(proc):
         rc = proc.wait()
@@ -62,7 +62,7 @@ def _torchrun(args, out: str) -> int:
 
 
 def cmd_split(args) -> int:
-    from .split import split
+    from fastvip.data.split import split
     if args.pickles and (args.per_class is not None or args.seed is not None):
         raise FastvipError("--per-class and --seed choose a random subset; they do not apply with --pickles")
     split(args.root, args.out, pickles=args.pickles,
@@ -73,7 +73,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict
+    from fastvip.infer.predict import predict
     console = _console(args)
     r = predict(args.run, args.data, weights=args.weights, tta=args.tta, out=args.out,
                 submission=args.submission, batch_size=args.batch_size, scales=args.scales,
@@ -87,7 +87,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from fastvip.infer.export import export
     console = _console(args)
     r = export(args.run, args.out, weights=args.weights, force=args.force, console=console)
     console.print(f"wrote {r['out']}")
@@ -95,7 +95,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from .predict import ensemble
+    from fastvip.infer.predict import ensemble
     weights = None
     if args.weights:
         try:
@@ -110,7 +110,7 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .predict import score
+    from fastvip.infer.predict import score
     r = score(args.submission, args.labels)
     note = f" ({r['missing']} labelled ids missing from the submission)" if r["missing"] else ""
     print(f"top1 {r['top1']:.2f}% on {r['n']} images{note}")
@@ -118,7 +118,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import plot_runs
+    from fastvip.train.plot import plot_runs
     out = Path(args.out) if args.out else Path(args.runs[0]) / "plots" / "curves.png"
     plot_runs(args.runs, out)
     print(f"wrote {out}")
@@ -126,14 +126,14 @@ def cmd_plot(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from . import recipe as recipe_mod
+    from fastvip import recipe as recipe_mod
     print(recipe_mod.resolve(args.recipe, _flatten(args.set)).to_text(), end="")
     return 0
 
 
 def cmd_recipes(args) -> int:
-    from .recipe import recipe_description
-    from .recipe import recipes_dir
+    from fastvip.recipe import recipe_description
+    from fastvip.recipe import recipes_dir
     folder = Path(args.dir) if args.dir else recipes_dir()
     files = sorted(folder.glob("*.py")) if folder.is_dir() else []
     files = [f for f in files if not f.name.startswith("_")]
@@ -173,7 +173,7 @@ def _flatten(sets) -> list[str]:
 
 
 def _recipe_fields_epilog() -> str:
-    from .recipe import field_help
+    from fastvip.recipe import field_help
     rows = field_help()
     width = max(len(f"{n} ({t}, {d})") for n, t, d, _ in rows)
     lines = ["recipe fields (override with --set key=value; defaults as in fastvip.recipe.Recipe):"]
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("best", "last"), default="best",
                    help="best = the weights (raw or EMA) that scored best on val")
     p.add_argument("--tta", choices=("none", "flip", "multiscale", "tencrop"), default="none",
-                   help="test-time augmentation (views averaged; see fastvip/tta.py)")
+                   help="test-time augmentation (views averaged; see fastvip/infer/tta.py)")
     p.add_argument("--scales", type=_int_list, default=None,
                    help="multiscale sizes, e.g. 224,320,380,448 (default: the recipe's tta_scales; "
                         "unset: train size x 1, 320/224, 380/224, 448/224)")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except FastvipError as e:
         if args.debug:
             raise
-        from .console import printable
+        from fastvip.console import printable
         print(printable(f"error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

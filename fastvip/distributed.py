@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-AUGMENTS = ("none", "autoaugment", "randaugment")  # fastvip.autoaugment.augment_batch kinds
+AUGMENTS = ("none", "autoaugment", "randaugment")  # fastvip.methods.autoaugment.augment_batch kinds
 LOSSES = ("ce", "sce")
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 SWITCHES = ("auto", "on", "off")
@@ -47,7 +47,7 @@ class Recipe:
     eval_every: int = 1                 # validate after every N-th epoch and after the last
     tta_scales: tuple[int, ...] | None = None  # predict --tta multiscale sizes; None = image_size x (1, 320/224, 380/224, 448/224)
     tencrop_size: int | None = None     # predict --tta tencrop view size; None = 2 x image_size
-    # augmentation on the device, after decode (see fastvip.augment, fastvip.mix)
+    # augmentation on the device, after decode (see fastvip.methods.augment, fastvip.methods.mix)
     auto_augment: str = "none"          # none, autoaugment (torchvision ImageNet policy), randaugment (n=2, m=9)
     random_erasing: float = 0.0         # probability of one random-erasing box (pixel noise) per image
     mix_prob: float = 0.0               # probability that a batch is mixed by CutMix or Mixup
@@ -71,7 +71,7 @@ class Recipe:
     nesterov: bool = False              # Nesterov momentum for sgd
     weight_decay: float = 1e-4          # not applied to norm layers and biases
     opt_eps: float | None = None        # optimiser epsilon; None = the optimiser's default (rmsproptf: 1e-10)
-    # loss and regularisation (each active term is logged as loss_<name>; see fastvip.objective)
+    # loss and regularisation (each active term is logged as loss_<name>; see fastvip.methods.objective)
     loss: str = "ce"                    # classification loss: ce, or sce (symmetric cross-entropy)
     label_smoothing: float = 0.1        # label smoothing of the (mixed) targets
     sce_alpha: float = 1.0              # SCE: weight of the cross-entropy term (2021 report: 1, 1)
@@ -227,20 +227,6 @@ def eval_resolution(recipe: Recipe) -> int:
 def validates(recipe: Recipe, epoch: int) -> bool:
     """Whether epoch ``epoch`` (from 0) ends with validation: every ``eval_every``-th, and the last."""
     return (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs
-
-
-def train_resolution(recipe: Recipe, epoch: int) -> int:
-    """The train crop size of ``epoch`` (from 0): ``image_size``, or the progressive-resizing ramp."""
-    from .schedule import resolution_at
-    if not recipe.res_start:
-        return recipe.image_size
-    return resolution_at(epoch, recipe.res_start, recipe.image_size, recipe.res_ramp_start, recipe.res_ramp_end,
-                         recipe.res_multiple)
-
-
-def max_train_resolution(recipe: Recipe) -> int:
-    """The largest train crop over the schedule (what a train loader allocates for)."""
-    return max(recipe.image_size, recipe.res_start)
 
 
 def field_names() -> list[str]:

@@ -5,7 +5,7 @@ A loader reads a file written by ``fastvip pack`` and is an iterable of
 
 - ``images``: ``uint8`` NCHW (channels-last in memory), cropped and flipped;
   pixel work (AutoAugment, normalisation, mixing) is done afterwards by the
-  batched functions in :mod:`fastvip.augment`;
+  batched functions in :mod:`fastvip.methods.augment`;
 - ``labels``: ``int64`` (``-1`` for unlabelled samples).
 
 With ``views=2`` a train batch holds every image twice, independently cropped and

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fastvip.errors import FastvipError
-from fastvip.pack import image_records, open_packed
+from fastvip.data.pack import image_records, open_packed
 
 from fastvip.recipe import AUGMENTS
 

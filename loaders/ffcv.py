@@ -36,7 +36,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from fastvip.errors import FastvipError
-from fastvip.pack import open_packed
+from fastvip.data.pack import open_packed
 
 from .jpeg import decode_region, resize
 from .keyed import (DRAW_FLIP, checked_size, crop_window, default_workers, epoch_key, eval_shard, process_batch,
@@ -194,7 +194,7 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
 class CanvasDecoder(ResizedCropRGBImageDecoder):
     """The whole image, undistorted, in the top-left corner of a zero canvas as large as the
     file's largest image: test-time views are then cut from it on the device in batches
-    (:mod:`fastvip.tta`), so each image is decoded once whatever the number of views."""
+    (:mod:`fastvip.infer.tta`), so each image is decoded once whatever the number of views."""
 
     def __init__(self):
         super().__init__((0, 0))

@@ -44,7 +44,7 @@ import torch
 from numba import njit
 
 from fastvip.errors import FastvipError
-from fastvip.pack import image_records, open_packed
+from fastvip.data.pack import image_records, open_packed
 
 from .jpeg import resize as _area_resize
 from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fastvip.console import Console
-from fastvip.pack import pack
+from fastvip.data.pack import pack
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 60)]

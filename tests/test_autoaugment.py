@@ -14,7 +14,7 @@ from torchvision.transforms import (
 )
 from torchvision.transforms.autoaugment import _apply_op
 
-from fastvip import autoaugment as aa
+from fastvip.methods import autoaugment as aa
 
 H, W = 32, 40  # non-square so H/W mix-ups show
 

@@ -33,7 +33,7 @@ def baseline(*args, cwd):
 
 
 def test_one_epoch_json_and_submission(tiny, tmp_path):
-    from fastvip.predict import read_submission
+    from fastvip.infer.predict import read_submission
     p = baseline("--data", tiny, "--epochs", "1", "--limit-batches", "2", "--batch-size", "4", "--res", "32",
                  "--workers", "0", "--threads", "1", "--json", tmp_path / "r.json",
                  "--submission", tmp_path / "sub.csv", cwd=tmp_path)

@@ -80,7 +80,7 @@ def _fake_fastvip(calls):
     parser, and writes what run / predict / ensemble would (a metrics line, probabilities)."""
     import numpy as np
     from fastvip.cli import build_parser
-    from fastvip.predict import ensemble, save_probs
+    from fastvip.infer.predict import ensemble, save_probs
 
     def sh(*args):
         argv = [str(a) for a in args]

@@ -21,8 +21,8 @@ Q = Console(quiet=True)
 
 def _setup(**kw):
     """Model, optimiser, scaler and step context of a recipe on CUDA, as ``fastvip run`` builds them."""
-    from fastvip.ema import EMA
-    from fastvip.model import amp_dtype, build_model, use_channels_last
+    from fastvip.train.ema import EMA
+    from fastvip.methods.model import amp_dtype, build_model, use_channels_last
     from fastvip.train import StepContext, _optimizer, skips_on_device
     recipe = Recipe(**dict(dict(model="test_resnet", image_size=32, batch_size=16, lr=0.1, device="cuda"), **kw))
     recipe = recipe.validate()
@@ -91,9 +91,9 @@ def test_ema_and_mean_teacher_on_the_other_view():
 
 
 def test_augmentations_on_cuda_tensors_match_the_cpu():
-    from fastvip.autoaugment import augment_batch, random_erasing
-    from fastvip.augment import normalize
-    from fastvip.mix import apply_mix, draw_mix
+    from fastvip.methods.autoaugment import augment_batch, random_erasing
+    from fastvip.methods.augment import normalize
+    from fastvip.methods.mix import apply_mix, draw_mix
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g)
     for kind in ("autoaugment", "randaugment"):  # host-side draws: the same ops on both devices
@@ -112,7 +112,7 @@ def test_augmentations_on_cuda_tensors_match_the_cpu():
 
 
 def test_predict_with_tta_on_cuda(trained_run, colour_data):
-    from fastvip.predict import predict
+    from fastvip.infer.predict import predict
     val = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     for tta in ("none", "flip", "multiscale"):
         r = predict(trained_run, colour_data["val"], weights="last", tta=tta, out=trained_run.parent / f"p-{tta}.npz",

@@ -11,12 +11,12 @@ import torch
 from timm.data import create_transform, resolve_data_config
 
 from fastvip import cli
-from fastvip.augment import normalize
+from fastvip.methods.augment import normalize
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.export import export
-from fastvip.model import build_model, inference_weights, load_checkpoint, save_checkpoint
-from fastvip.net import adapt_init_weights
+from fastvip.infer.export import export
+from fastvip.methods.model import build_model, inference_weights, load_checkpoint, save_checkpoint
+from fastvip.methods.net import adapt_init_weights
 from fastvip.recipe import from_dict
 
 Q = Console(quiet=True)
@@ -181,7 +181,7 @@ def test_bad_inputs_and_out_dir_rules(runs, tmp_path, capsys):
 
 
 def test_failed_export_leaves_the_previous_one(runs, tmp_path, monkeypatch):
-    import fastvip.export as export_mod
+    import fastvip.infer.export as export_mod
     import timm.models
     out = tmp_path / "model"
     export(runs["ce"], out, console=Q)

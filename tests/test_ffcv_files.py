@@ -14,9 +14,9 @@ from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.loaders import build_loader
 from fastvip.loaders.ffcv import FFCVLoader
-from fastvip.model import load_checkpoint
-from fastvip.pack import merge, merged_path, open_packed
-from fastvip.predict import predict
+from fastvip.methods.model import load_checkpoint
+from fastvip.data.pack import merge, merged_path, open_packed
+from fastvip.infer.predict import predict
 from fastvip.recipe import Recipe
 from fastvip.train import run
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fastvip.console import Console
-from fastvip.ema import EMA
+from fastvip.train.ema import EMA
 from fastvip.errors import FastvipError
-from fastvip.predict import predict
+from fastvip.infer.predict import predict
 from fastvip.recipe import Recipe
 from fastvip.train import StepContext, prepare_batch, run
 
@@ -94,7 +94,7 @@ def test_fusion_is_inference_only_the_teacher_target_is_its_classifier():
     """Table 3's "+ fusion" row changes inference, not training: the same weights and batch
     give the same loss terms (Mean Teacher's included) with and without fusion, and the
     teacher's target is its own classifier's softmax, not the fused output."""
-    from fastvip.model import build_model
+    from fastvip.methods.model import build_model
     from fastvip.train import train_step
     rng = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=rng)
@@ -126,8 +126,8 @@ def test_fusion_is_inference_only_the_teacher_target_is_its_classifier():
 def test_teacher_sees_the_other_view_and_stays_in_eval_mode():
     """Mean Teacher on two-view batches (report Fig. 1): the student's row for one view of an
     image is compared with the teacher's output for the other view of the same image."""
-    from fastvip.losses import consistency_kl
-    from fastvip.model import build_model
+    from fastvip.methods.losses import consistency_kl
+    from fastvip.methods.model import build_model
     from fastvip.train import train_step
     recipe = Recipe(model="resnet18", image_size=32, batch_size=4, views=2, mt_weight=1.0, label_smoothing=0.0,
                     optimizer="sgd", seed=1).validate()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fastvip.errors import FastvipError
-from fastvip.losses import arcface_logits
-from fastvip.net import adapt_init_weights, build_net
+from fastvip.methods.losses import arcface_logits
+from fastvip.methods.net import adapt_init_weights, build_net
 
 
 def test_arcface_head_trains_with_margin_and_infers_with_scaled_cosine():

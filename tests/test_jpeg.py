@@ -96,7 +96,7 @@ def test_ffcv_train_batches_equal_the_keyed_reference(tmp_path):
     from conftest import write_image
 
     from fastvip.console import Console
-    from fastvip.pack import pack
+    from fastvip.data.pack import pack
     rng = np.random.default_rng(11)
     out, files = 24, {}
     for k in range(12):  # one image per class: the label names the image

@@ -7,7 +7,7 @@ import torch
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.pack import open_packed
+from fastvip.data.pack import open_packed
 from fastvip.loaders import build_loader
 
 pytest.importorskip("nvidia.dali")
@@ -130,7 +130,7 @@ def test_raw_pixel_storage_is_a_clear_error(tmp_path):
     from ffcv.fields import BytesField, IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from fastvip import atomic
-    from fastvip.pack import FORMAT, fingerprint, meta_path
+    from fastvip.data.pack import FORMAT, fingerprint, meta_path
     path = tmp_path / "raw.beton"
     rng = np.random.default_rng(0)
     data = [(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), 0, np.frombuffer(b"a.png", np.uint8))]

@@ -74,7 +74,7 @@ def test_train_batches_shape_dtype_and_reproducible_crops(colour_data):
 
 
 def test_eval_sees_every_sample_once_in_file_order(colour_data):
-    from fastvip.pack import open_packed
+    from fastvip.data.pack import open_packed
     packed = open_packed(colour_data["val"])
     ev = _loader(colour_data["val"], False, batch_size=10)
     labels = torch.cat([y.clone() for _, y in ev]).numpy()  # FFCV recycles its batch buffers
@@ -91,7 +91,7 @@ def test_eval_crop_is_centre_of_shorter_side(tmp_path):
     # a 40x80 image, left half black, right half white: the centre crop of 0.875 x 40
     # spans x in [22.5, 57.5), so the output's left half is dark and right half bright
     from fastvip.console import Console
-    from fastvip.pack import pack
+    from fastvip.data.pack import pack
     from conftest import write_image
     img = np.zeros((40, 80, 3), np.uint8)
     img[:, 40:] = 255
@@ -119,7 +119,7 @@ def test_unknown_loader_is_an_error(colour_data):
 
 def _pack_one(tmp_path, img, name="s"):
     from fastvip.console import Console
-    from fastvip.pack import pack
+    from fastvip.data.pack import pack
     from conftest import write_image
     write_image(tmp_path / name / "c" / "a.png", img, fmt="PNG")
     out = tmp_path / f"{name}.beton"

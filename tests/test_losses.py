@@ -1,11 +1,11 @@
-"""fastvip.losses: small hand-checkable cases, CPU only."""
+"""fastvip.methods.losses: small hand-checkable cases, CPU only."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvip.losses import (
+from fastvip.methods.losses import (
     arcface_logits,
     batch_hard_pairs,
     batch_hard_triplet,

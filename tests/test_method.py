@@ -8,8 +8,8 @@ import torch
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.model import build_model
-from fastvip.predict import predict
+from fastvip.methods.model import build_model
+from fastvip.infer.predict import predict
 from fastvip.recipe import Recipe, load_recipe
 from fastvip.train import run
 
@@ -141,7 +141,7 @@ def test_attract_repulse_recipes_follow_the_report():
 
 
 def test_triplet_term_cannot_be_lowered_by_shrinking_the_embedding():
-    from fastvip.objective import loss_terms
+    from fastvip.methods.objective import loss_terms
     torch.manual_seed(0)
     recipe = Recipe(triplet_weight=1.0, triplet_margin=0.3)
     emb = torch.randn(8, 16)

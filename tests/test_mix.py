@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastvip.losses import smooth_targets, soft_cross_entropy
-from fastvip.mix import apply_mix, dominant_labels, draw_mix
+from fastvip.methods.losses import smooth_targets, soft_cross_entropy
+from fastvip.methods.mix import apply_mix, dominant_labels, draw_mix
 
 
 def _draw(seed, n=8, views=1, h=20, w=30, **kw):

@@ -4,8 +4,8 @@ import pytest
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.pack import open_packed
-from fastvip.predict import predict, read_submission, score, write_submission
+from fastvip.data.pack import open_packed
+from fastvip.infer.predict import predict, read_submission, score, write_submission
 
 Q = Console(quiet=True)
 
@@ -40,7 +40,7 @@ def test_flip_tta_averages_two_views(trained, colour_data, tmp_path):
 
 def test_predict_defaults_to_the_recipes_eval_size(trained, colour_data, tmp_path):
     import dataclasses
-    from fastvip.model import load_checkpoint, save_checkpoint
+    from fastvip.methods.model import load_checkpoint, save_checkpoint
     from fastvip.recipe import from_dict
     ckpt = load_checkpoint(trained / "best.pt")
     recipe = from_dict(ckpt["recipe"])

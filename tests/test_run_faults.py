@@ -35,7 +35,7 @@ def _epochs(run_dir):
 
 
 def _nan_on_calls(monkeypatch, bad_calls):
-    import fastvip.losses as losses_mod
+    import fastvip.methods.losses as losses_mod
     real = losses_mod.soft_cross_entropy
     calls = {"n": 0}
 
@@ -153,7 +153,7 @@ def test_one_writer_timed_checkpoint_and_stale_lock(colour_data, tmp_path, cpu_e
     time.sleep(1.0)  # a few steps into epoch 2, each one checkpointed
     os.killpg(proc.pid, signal.SIGKILL)  # the lock dies with it
     proc.wait()
-    from fastvip.model import load_checkpoint
+    from fastvip.methods.model import load_checkpoint
     ckpt = load_checkpoint(run_dir / "last.pt")  # weights_only: tensors and plain values
     assert ckpt["epoch"] == 1 and ckpt["mid_epoch"]["steps"] >= 1, ckpt["mid_epoch"]
     _finish(colour_data, run_dir, cpu_env)  # --resume: not blocked by the dead run's lock
@@ -178,7 +178,7 @@ def test_sigterm_stops_with_a_resumable_checkpoint(colour_data, tmp_path, cpu_en
 
 
 def test_loading_never_executes_code(colour_data, tmp_path):
-    from fastvip.predict import predict
+    from fastvip.infer.predict import predict
     made = tmp_path / "made"
     torch.save({"model": {}, "inference": {}, "x": _Planted(made)}, tmp_path / "evil.pt")
     with pytest.raises(FastvipError, match="holds objects other than tensors.*FASTVIP_TRUST_CHECKPOINTS=1"):
@@ -226,8 +226,8 @@ def test_missing_val_file_errors_before_training(colour_data, tmp_path):
 
 def test_predict_and_score_reject_wrong_files(colour_data, tmp_path):
     from conftest import make_colour_tree
-    from fastvip.pack import pack
-    from fastvip.predict import predict, score, write_submission
+    from fastvip.data.pack import pack
+    from fastvip.infer.predict import predict, score, write_submission
     run(_recipe(colour_data, epochs=1), tmp_path / "r", console=Q)
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(FastvipError, match="not a readable checkpoint"):

@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO
 from fastvip.errors import FastvipError
-from fastvip.model import measured_formats, use_channels_last
+from fastvip.methods.model import measured_formats, use_channels_last
 from fastvip.recipe import Recipe, parse_overrides
 from fastvip.train import StepContext, _optimizer, optimizer_impl, prepare_batch
 

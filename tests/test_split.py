@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import write_image
 
-from fastvip import split as split_mod
+from fastvip.data import split as split_mod
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.split import split
+from fastvip.data.split import split
 
 Q = Console(quiet=True)
 WNIDS = [f"n0000000{k}" for k in range(6)]
@@ -93,7 +93,7 @@ def test_test_ids_and_labels_file_match_the_true_classes(imagenet, tmp_path):
 
 
 def test_labels_file_is_what_fastvip_score_reads(imagenet, tmp_path):
-    from fastvip.predict import (
+    from fastvip.infer.predict import (
         SUBMISSION_HEADER,
         read_submission,
         score,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fastvip import metrics
+from fastvip.train import metrics
 from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.recipe import Recipe, parse_overrides

@@ -120,7 +120,7 @@ def test_setup_errors(colour_data, tmp_path, kw, message):
 
 def test_class_mismatch_between_train_and_val(colour_data, tmp_path):
     from conftest import make_colour_tree
-    from fastvip.pack import pack
+    from fastvip.data.pack import pack
     make_colour_tree(tmp_path / "three", 4, seed=5, classes=3)
     pack(tmp_path / "three", tmp_path / "three.beton", console=Q)
     with pytest.raises(FastvipError, match="class lists differ"):
@@ -128,7 +128,7 @@ def test_class_mismatch_between_train_and_val(colour_data, tmp_path):
 
 
 def test_schedule_warmup_then_cosine():
-    from fastvip.schedule import lr_at
+    from fastvip.train.schedule import lr_at
     lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
@@ -137,8 +137,9 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_resolution_schedule_ramps_like_ffcv():
-    from fastvip.recipe import Recipe, max_train_resolution, train_resolution
-    from fastvip.schedule import resolution_at
+    from fastvip.recipe import Recipe
+    from fastvip.train.schedule import max_train_resolution, train_resolution
+    from fastvip.train.schedule import resolution_at
     sizes = [resolution_at(e, 160, 192, 2, 6) for e in range(9)]
     # flat at the start size, rounded to 32 in the ramp (168 -> 160, 176 -> 192), then the end size
     assert sizes == [160, 160, 160, 160, 192, 192, 192, 192, 192]
@@ -152,7 +153,7 @@ def test_resolution_schedule_ramps_like_ffcv():
 
 
 def test_ema_tracks_with_warmup():
-    from fastvip.ema import EMA
+    from fastvip.train.ema import EMA
     m = torch.nn.Linear(2, 1)
     ema = EMA(m, decay=0.5, warmup=False)
     with torch.no_grad():

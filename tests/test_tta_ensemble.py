@@ -5,8 +5,8 @@ import torch
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.predict import ensemble, predict, save_probs
-from fastvip.tta import cut, default_scales, plan
+from fastvip.infer.predict import ensemble, predict, save_probs
+from fastvip.infer.tta import cut, default_scales, plan
 
 Q = Console(quiet=True)
 
@@ -65,7 +65,7 @@ def trained(colour_data, tmp_path_factory):
 
 def test_tta_sizes_come_from_the_recipe():
     from fastvip.recipe import Recipe
-    from fastvip.tta import tta_sizes
+    from fastvip.infer.tta import tta_sizes
     # unset (a custom recipe, or a run saved before the fields existed): derived from image_size
     assert tta_sizes(Recipe(image_size=320)) == ([320, 457, 543, 640], 640)
     report = Recipe(image_size=448, tta_scales=(224, 320, 380, 448), tencrop_size=448)
@@ -78,7 +78,7 @@ def test_tta_sizes_come_from_the_recipe():
                                                 ("tencrop", None, [28]), ("tencrop", 40, [40])])
 def test_predict_views_take_the_recipe_sizes_unless_overridden(trained, colour_data, tmp_path, monkeypatch, tta,
                                                                override, sizes):
-    import fastvip.predict as predict_mod
+    import fastvip.infer.predict as predict_mod
     seen, real_plan = set(), predict_mod.plan
 
     def spy(*args, **kw):

@@ -68,7 +68,7 @@ def test_run_output_plain_lines_and_summary(two_runs):
 
 
 def test_plot_overlays_runs_with_expected_series(two_runs, tmp_path):
-    from fastvip.plot import plot_runs
+    from fastvip.train.plot import plot_runs
     root, _, env = two_runs
     drawn = plot_runs([root / "a", root / "b"], tmp_path / "c.png")
     assert drawn["train loss"] == ["a", "b"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 
 def float32_head(head, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ weight, so the terms add up to the loss that is back-propagated and logged as
   targets: smoothed one-hots, mixed by CutMix/Mixup.
 - ``loss_triplet``: batch-hard triplet on the L2-normalized embedding; ``loss_arcface``: the
   ArcFace margin loss. Both need one class per sample and use the *dominant* label
-  of a mixed sample (:func:`fastvip.mix.dominant_labels`).
+  of a mixed sample (:func:`fastvip.methods.mix.dominant_labels`).
 - ``loss_cr``: Contrastive Regularization on the softmax outputs, positives by the
   Jensen-Shannon distance of the soft targets (two views of an image share theirs).
 - ``loss_mt``: Mean Teacher consistency KL(student || teacher), ramped up: the student on
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import losses
-from .recipe import Recipe
+from fastvip.methods import losses
+from fastvip.recipe import Recipe
 
 
 def classification(recipe: Recipe, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from . import atomic, metrics
-from .errors import FastvipError
+from fastvip import atomic
+
+from fastvip.train import metrics
+from fastvip.errors import FastvipError
 
 # panel title -> (metrics key, line style) for each series drawn in it
 PANELS = {

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from . import atomic
+from fastvip import atomic
 
 
 def append(path: Path, record: dict) -> None:

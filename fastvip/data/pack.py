@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
-from .console import Console, printable
-from .errors import FastvipError
+from fastvip import atomic
+from fastvip.console import Console, printable
+from fastvip.errors import FastvipError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_SIDE = 8

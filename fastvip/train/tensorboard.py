@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 # the record kind, the epoch itself (the x-axis) and the wall clock (TensorBoard stamps
 # every point with it, and a float32 scalar would round it to minutes)

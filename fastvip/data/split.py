@@ -61,15 +61,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import atomic
-from .console import Console
-from .errors import FastvipError
-from .pack import IMAGE_EXTS
+from fastvip import atomic
+from fastvip.console import Console
+from fastvip.errors import FastvipError
+from fastvip.data.pack import IMAGE_EXTS
 
 SPLITS = ("train", "val", "test")
 TMP_PREFIX = ".split-tmp-"
 SUMMARY_NAME = "split.json"
-# the submission format of fastvip.predict (not imported: that module loads torch)
+# the submission format of fastvip.infer.predict (not imported: that module loads torch)
 LABELS_HEADER = ("Image IDs", "Predictions")
 TEST_ID_START = 0  # the toolkit numbers the test images with enumerate(): img_0.JPEG, img_1.JPEG, ...
 _WNID_PREFIX = re.compile(r"^(n\d{8})_")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from fastvip import distributed
 
 EXIT_TEMPFAIL = 75
 STEP_BOUND_S = 20.0  # torchrun gives its workers 30 s after its own SIGTERM
@@ -151,7 +151,7 @@ def forward_to_workers(torchrun: subprocess.Popen):
 
 def stopped_run(run_dir: Path) -> bool:
     """Whether the run in ``run_dir`` last ended with a stop line (it stopped for a signal)."""
-    from . import metrics
+    from fastvip.train import metrics
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return False

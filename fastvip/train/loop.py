@@ -3,7 +3,7 @@
 One function, read top to bottom: set-up (or resume), then for each epoch the
 train steps, validation (raw and EMA weights), an atomic checkpoint and one
 ``metrics.jsonl`` line. The learning rate is a pure function of the explicit
-step counter (:func:`fastvip.schedule.lr_at`).
+step counter (:func:`fastvip.train.schedule.lr_at`).
 """
 from __future__ import annotations
 
@@ -20,17 +20,21 @@ import torch
 
 from fastvip.loaders import build_loader, in_pipeline
 
-from . import atomic, distributed, losses, tensorboard
-from . import metrics as metrics_log
-from . import recipe as recipe_mod
-from .augment import normalize
-from .autoaugment import augment_batch, random_erasing
-from .console import Console
-from .ema import EMA
-from .errors import FastvipError
-from .evaluate import evaluate
-from .mix import apply_mix, dominant_labels, draw_mix
-from .model import (
+from fastvip import atomic, distributed
+
+from fastvip.methods import losses
+
+from fastvip.train import tensorboard
+from fastvip.train import metrics as metrics_log
+from fastvip import recipe as recipe_mod
+from fastvip.methods.augment import normalize
+from fastvip.methods.autoaugment import augment_batch, random_erasing
+from fastvip.console import Console
+from fastvip.train.ema import EMA
+from fastvip.errors import FastvipError
+from fastvip.infer.evaluate import evaluate
+from fastvip.methods.mix import apply_mix, dominant_labels, draw_mix
+from fastvip.methods.model import (
     amp_dtype,
     amp_name,
     autocast,
@@ -42,13 +46,13 @@ from .model import (
     save_checkpoint,
     use_channels_last,
 )
-from .net import adapt_init_weights
-from .pack import check_label_indices, merge, merged_path
-from .objective import loss_terms
-from .recipe import Recipe
-from .runlock import RunLock
-from .stop import RunStopped, Stopper
-from .schedule import lr_at
+from fastvip.methods.net import adapt_init_weights
+from fastvip.data.pack import check_label_indices, merge, merged_path
+from fastvip.methods.objective import loss_terms
+from fastvip.recipe import Recipe
+from fastvip.train.runlock import RunLock
+from fastvip.train.stop import RunStopped, Stopper
+from fastvip.train.schedule import lr_at, max_train_resolution, train_resolution
 
 
 def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: Console | None = None,
@@ -100,7 +104,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
               "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0),
               "resident_size": recipe.resident_size, "console": console}
     train_loader = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
-                                image_size=recipe_mod.max_train_resolution(recipe), auto_augment=recipe.auto_augment,
+                                image_size=max_train_resolution(recipe), auto_augment=recipe.auto_augment,
                                 views=recipe.views, pk=recipe.pk_samples, **common)
     classes = train_loader.classes
     if not classes:
@@ -189,7 +193,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     mid = ckpt.get("mid_epoch") if ckpt else None  # resumed inside an epoch: skip its first steps
     try:
         for epoch in range(start_epoch, recipe.epochs):
-            size = recipe_mod.train_resolution(recipe, epoch)  # progressive resizing: a function of the epoch
+            size = train_resolution(recipe, epoch)  # progressive resizing: a function of the epoch
             first = mid["steps"] if mid else 0
             train_loader.set_epoch(epoch, image_size=size, start_batch=first * recipe.grad_accum)
             model.train()
@@ -364,7 +368,7 @@ class StepContext:
     amp: torch.dtype | None
     num_classes: int
     augmented: bool = False            # the loader already applied auto_augment in its pipeline
-    channels_last: bool = False        # resolved from recipe.channels_last (fastvip.model.use_channels_last)
+    channels_last: bool = False        # resolved from recipe.channels_last (fastvip.methods.model.use_channels_last)
     rank: int = 0
     world: int = 1
     teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode (why: train_step)
@@ -589,7 +593,7 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console,
 
 
 def _write_plots(run_dir: Path, console: Console) -> None:
-    from .plot import plot_runs
+    from fastvip.train.plot import plot_runs
     try:
         plot_runs([run_dir], run_dir / "plots" / "curves.png")
     except (FastvipError, ImportError) as e:  # plots are a convenience; say why there is none
@@ -654,7 +658,7 @@ def _optimizer(model, recipe: Recipe, device: torch.device):
 
 def _init_weights(model, recipe: Recipe, console: Console) -> None:
     """Weights only from ``init_from`` (stage 2, fine-tunes); heads may differ (see
-    :func:`fastvip.net.adapt_init_weights`). Optimiser and schedule start fresh."""
+    :func:`fastvip.methods.net.adapt_init_weights`). Optimiser and schedule start fresh."""
     path = Path(recipe.init_from)
     if not path.exists():
         first = f"; train it first: fastvip run {recipe.init_recipe}" if recipe.init_recipe else \

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from fastvip.recipe import Recipe
+
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float,
           warmup_lr: float = 0.0, min_lr: float = 0.0) -> float:
@@ -30,3 +32,16 @@ def resolution_at(epoch: int, start_size: int, end_size: int, ramp_start: int, r
     size = int(round((start_size + t * (end_size - start_size)) / multiple)) * multiple
     lo, hi = sorted((start_size, end_size))
     return min(hi, max(lo, size))
+
+
+def train_resolution(recipe: Recipe, epoch: int) -> int:
+    """The train crop size of ``epoch`` (from 0): ``image_size``, or the progressive-resizing ramp."""
+    if not recipe.res_start:
+        return recipe.image_size
+    return resolution_at(epoch, recipe.res_start, recipe.image_size, recipe.res_ramp_start, recipe.res_ramp_end,
+                         recipe.res_multiple)
+
+
+def max_train_resolution(recipe: Recipe) -> int:
+    """The largest train crop over the schedule (what a train loader allocates for)."""
+    return max(recipe.image_size, recipe.res_start)

@@ -22,7 +22,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import FastvipError
+from fastvip.errors import FastvipError
 
 LOCK_NAME = ".lock"
 

@@ -13,16 +13,16 @@ import torch
 
 from fastvip.loaders import build_loader
 
-from . import atomic
-from .console import Console
-from .errors import FastvipError
-from .pack import check_label_indices
-from .augment import normalize
-from .evaluate import logits_batches
-from .model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
+from fastvip import atomic
+from fastvip.console import Console
+from fastvip.errors import FastvipError
+from fastvip.data.pack import check_label_indices
+from fastvip.methods.augment import normalize
+from fastvip.infer.evaluate import logits_batches
+from fastvip.methods.model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,
                     resolve_device, use_channels_last)
-from .recipe import eval_resolution, from_dict
-from .tta import TTA_CHOICES, cut, plan, tta_sizes
+from fastvip.recipe import eval_resolution, from_dict
+from fastvip.infer.tta import TTA_CHOICES, cut, plan, tta_sizes
 
 SUBMISSION_HEADER = ("Image IDs", "Predictions")
 
@@ -33,7 +33,7 @@ def predict(run_or_ckpt, data, *, weights: str = "best", tta: str = "none", out=
             console: Console | None = None) -> dict:
     """Class probabilities for every sample of ``data``; optionally a submission CSV.
 
-    ``tta``: see :mod:`fastvip.tta`. ``none`` and ``flip`` use the loader's eval crop at ``size``,
+    ``tta``: see :mod:`fastvip.infer.tta`. ``none`` and ``flip`` use the loader's eval crop at ``size``,
     by default the recipe's ``eval_size`` (else ``image_size``: so ``none`` reproduces the validation
     top-1); ``multiscale`` and
     ``tencrop`` decode each image once and cut all views on the device, at ``scales`` /

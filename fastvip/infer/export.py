@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__, atomic
-from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .console import Console
-from .errors import FastvipError
-from .model import build_model, find_weights, inference_weights, load_checkpoint
-from .recipe import Recipe, eval_resolution, from_dict
+from fastvip import __version__, atomic
+from fastvip.methods.augment import IMAGENET_MEAN, IMAGENET_STD
+from fastvip.console import Console
+from fastvip.errors import FastvipError
+from fastvip.methods.model import build_model, find_weights, inference_weights, load_checkpoint
+from fastvip.recipe import Recipe, eval_resolution, from_dict
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 # pretrained_cfg fields that describe timm's own published weights, not the ones exported here

@@ -1,0 +1,1 @@
+"""Stage 5, inference: evaluation, test-time augmentation, predict, ensemble and export."""
