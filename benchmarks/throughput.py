@@ -186,23 +186,20 @@ def bench_loaders(loaders: dict, device, passes: int, step=None, mode="loader", 
 
 
 def training_step(recipe, device, num_classes: int):
-    """The step ``fastvip run`` takes (augmentation, losses, EMA / Mean Teacher included),
-    on a fresh model; returns a callable ``step(images, labels)``."""
-    from fastvip.train import StepContext, build_trainer, train_step
-    parts = build_trainer(recipe, device, num_classes, fresh=False)  # no init_from: timing only
-    model, optimizer, scaler, ema = parts.model, parts.optimizer, parts.scaler, parts.ema
-    model.train()
-    forward = torch.compile(model) if recipe.compile else model
-    ctx = StepContext(recipe, device, parts.amp, num_classes, channels_last=parts.channels_last,
-                      teacher=ema.module if recipe.mt_weight > 0 else None)
+    """The step ``fastvip run`` takes (augmentation, losses, EMA / Mean Teacher, the device-side
+    NaN/inf skip included), built by the run's own set-up on a fresh model; returns a callable
+    ``step(images, labels)``."""
+    from fastvip.train import build_trainer, train_step
+    t = build_trainer(recipe, device, num_classes, fresh=False)  # no init_from: timing only
+    t.model.train()
     count = iter(range(1 << 62))
 
     def step(images, labels):
         n = next(count)
-        train_step(forward, optimizer, scaler, [(images, labels % num_classes)], ctx, n)
-        if ema is not None:
-            ema.update(model, n)
-    step.model = model  # for tests comparing the steps' weights
+        terms = train_step(t.forward, t.optimizer, t.scaler, [(images, labels % num_classes)], t.ctx, n)
+        if t.ema is not None and terms is not None:
+            t.ema.update(t.model, n, skip=terms.get("nonfinite"))
+    step.model = t.model  # for tests comparing the steps' weights
     return step
 
 

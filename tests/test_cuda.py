@@ -20,24 +20,12 @@ Q = Console(quiet=True)
 
 
 def _setup(**kw):
-    """Model, optimiser, scaler and step context of a recipe on CUDA, as ``fastvip run`` builds them."""
-    from fastvip.train.ema import EMA
-    from fastvip.methods.model import amp_dtype, build_model, use_channels_last
-    from fastvip.train import StepContext, _optimizer, skips_on_device
+    """Model, optimiser, scaler and step context of a recipe on CUDA, from the set-up ``fastvip run`` uses."""
+    from fastvip.train import build_trainer
     recipe = Recipe(**dict(dict(model="test_resnet", image_size=32, batch_size=16, lr=0.1, device="cuda"), **kw))
     recipe = recipe.validate()
-    amp = amp_dtype(recipe.amp, CUDA)
-    channels_last, _ = use_channels_last(recipe, CUDA)
-    model = build_model(recipe, 4).to(CUDA)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, recipe, CUDA)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
-    ctx = StepContext(recipe, CUDA, amp, 4, channels_last=channels_last, skip_on_device=skips_on_device(recipe, CUDA, amp),
-                      teacher=ema.module if recipe.mt_weight > 0 else None)
-    forward = torch.compile(model) if recipe.compile else model
-    return recipe, model, forward, optimizer, scaler, ema, ctx
+    t = build_trainer(recipe, CUDA, 4)
+    return recipe, t.model, t.forward, t.optimizer, t.scaler, t.ema, t.ctx
 
 
 def _batch(recipe, seed=0):

@@ -155,7 +155,8 @@ def test_one_writer_timed_checkpoint_and_stale_lock(colour_data, tmp_path, cpu_e
     proc.wait()
     from fastvip.methods.model import load_checkpoint
     ckpt = load_checkpoint(run_dir / "last.pt")  # weights_only: tensors and plain values
-    assert ckpt["epoch"] == 1 and ckpt["mid_epoch"]["steps"] >= 1, ckpt["mid_epoch"]
+    mid = ckpt["run_state"]["mid_epoch"]
+    assert ckpt["epoch"] == 1 and mid["steps"] >= 1, mid
     _finish(colour_data, run_dir, cpu_env)  # --resume: not blocked by the dead run's lock
     epochs, starts = _epochs(run_dir)
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and len(starts) == 2

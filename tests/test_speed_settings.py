@@ -12,7 +12,7 @@ from conftest import REPO
 from fastvip.errors import FastvipError
 from fastvip.methods.model import measured_formats, use_channels_last
 from fastvip.recipe import Recipe, parse_overrides
-from fastvip.train import StepContext, _optimizer, optimizer_impl, prepare_batch
+from fastvip.train import StepContext, build_optimizer, optimizer_impl, prepare_batch
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402
@@ -77,7 +77,7 @@ def test_optimizer_impl(optimizer):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     for impl, want in [("foreach", {"foreach": True}), ("loop", {"foreach": False})] + \
             ([("fused", {"fused": True})] if optimizer != "rmsproptf" else []):
-        opt = _optimizer(model, Recipe(optimizer=optimizer, optimizer_impl=impl), CPU)
+        opt = build_optimizer(model, Recipe(optimizer=optimizer, optimizer_impl=impl), CPU)
         assert {k: opt.defaults.get(k) for k in want} == want, impl
     want = "foreach" if optimizer == "rmsproptf" else "fused"
     assert optimizer_impl(Recipe(optimizer=optimizer), CUDA) == want
@@ -88,23 +88,23 @@ def test_optimizer_impl(optimizer):
 
 def test_opt_eps_reaches_the_optimiser():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    assert _optimizer(model, Recipe(optimizer="rmsproptf", opt_eps=1e-3), CPU).defaults["eps"] == 1e-3
-    assert _optimizer(model, Recipe(optimizer="adamw", opt_eps=1e-6), CPU).defaults["eps"] == 1e-6
-    assert _optimizer(model, Recipe(optimizer="rmsproptf"), CPU).defaults["eps"] == 1e-10  # unset: timm's own
+    assert build_optimizer(model, Recipe(optimizer="rmsproptf", opt_eps=1e-3), CPU).defaults["eps"] == 1e-3
+    assert build_optimizer(model, Recipe(optimizer="adamw", opt_eps=1e-6), CPU).defaults["eps"] == 1e-6
+    assert build_optimizer(model, Recipe(optimizer="rmsproptf"), CPU).defaults["eps"] == 1e-10  # unset: timm's own
 
 
 def test_rmsproptf_without_foreach_argument(monkeypatch):
     """timm releases whose RMSpropTF takes no ``foreach``: auto leaves it out, an explicit choice is refused."""
-    import fastvip.train as train_mod
+    import fastvip.train.optim as optim_mod
 
     class OldRMSpropTF(torch.optim.Optimizer):
         def __init__(self, params, lr=0.01, alpha=0.9, eps=1e-10, weight_decay=0, momentum=0.0):
             super().__init__(params, {"lr": lr})
     assert optimizer_impl(Recipe(optimizer="rmsproptf"), CUDA) == "foreach"  # this timm takes it
-    monkeypatch.setattr(train_mod, "_optimizer_class", lambda name: OldRMSpropTF)
+    monkeypatch.setattr(optim_mod, "optimizer_class", lambda name: OldRMSpropTF)
     assert optimizer_impl(Recipe(optimizer="rmsproptf"), CUDA) == "default"
     with pytest.raises(FastvipError, match="optimizer_impl=foreach: OldRMSpropTF of timm .* has no foreach"):
-        _optimizer(torch.nn.Linear(2, 2), Recipe(optimizer="rmsproptf", optimizer_impl="foreach"), CPU)
+        build_optimizer(torch.nn.Linear(2, 2), Recipe(optimizer="rmsproptf", optimizer_impl="foreach"), CPU)
 
 
 def test_timm_reference_step_is_the_same_computation():

@@ -12,6 +12,7 @@ import pytest
 from conftest import write_image
 
 from fastvip.data import split as split_mod
+from fastvip.data.split import common as split_common
 from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.data.split import split
@@ -131,7 +132,7 @@ def test_link_falls_back_to_copy_across_devices(imagenet, tmp_path, monkeypatch)
 
     def no_link(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
-    monkeypatch.setattr(split_mod.os, "link", no_link)
+    monkeypatch.setattr(split_common.os, "link", no_link)
     s = split(imagenet, tmp_path / "o", per_class=1, seed=0, console=Q)
     assert s["linked"] == 0 and s["copied"] == 18
 
@@ -261,19 +262,19 @@ def test_output_must_be_empty_unless_force(imagenet, tmp_path):
 
 def test_interrupted_split_leaves_no_layout(imagenet, tmp_path, monkeypatch):
     calls = []
-    real = split_mod._place
+    real = split_common._place
 
     def failing(src, dst, copy, state):
         calls.append(dst)
         if len(calls) == 10:
             raise KeyboardInterrupt
         real(src, dst, copy, state)
-    monkeypatch.setattr(split_mod, "_place", failing)
+    monkeypatch.setattr(split_common, "_place", failing)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         split(imagenet, out, per_class=2, console=Q)
     assert os.listdir(out) == []
-    monkeypatch.setattr(split_mod, "_place", real)
+    monkeypatch.setattr(split_common, "_place", real)
     (out / ".split-tmp-stale").mkdir()  # what a killed run leaves: ignored and removed
     split(imagenet, out, per_class=2, console=Q)
     assert sorted(os.listdir(out)) == ["split.json", "test", "train", "val"]

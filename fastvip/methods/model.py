@@ -25,6 +25,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def indexed_device(device: torch.device) -> torch.device:
+    """``device`` with its index: plain ``cuda`` is ``cuda:0``, the device torch allocates on until
+    a process picks another (``fastvip.distributed.setup`` gives each process its indexed one).
+    No CUDA call is made, so this also works where CUDA is only faked."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", 0)
+    return device
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a recipe's ``amp`` on ``device`` (None = full precision)."""
     if amp == "auto":

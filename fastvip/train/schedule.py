@@ -1,8 +1,11 @@
-"""Learning-rate schedules as pure functions of the optimiser step."""
+"""Schedules as pure functions of the optimiser step (learning rate, Mean Teacher ramp-up) or of
+the epoch (progressive resizing)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from fastvip.methods.losses import rampup
 from fastvip.recipe import Recipe
 
 
@@ -45,3 +48,28 @@ def train_resolution(recipe: Recipe, epoch: int) -> int:
 def max_train_resolution(recipe: Recipe) -> int:
     """The largest train crop over the schedule (what a train loader allocates for)."""
     return max(recipe.image_size, recipe.res_start)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recipe's step schedules for a number of steps per epoch: warmup then cosine for the
+    learning rate, and the Mean Teacher weight's ramp-up. Pure functions of the step."""
+
+    total: int
+    warmup: int
+    rampup: int
+    peak: float
+    warmup_lr: float
+    min_lr: float
+
+    @classmethod
+    def of(cls, recipe: Recipe, steps_per_epoch: int) -> "Schedule":
+        return cls(total=recipe.epochs * steps_per_epoch, warmup=round(recipe.warmup_epochs * steps_per_epoch),
+                   rampup=round(recipe.mt_rampup_epochs * steps_per_epoch), peak=recipe.scaled_lr(),
+                   warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total, self.warmup, self.peak, self.warmup_lr, self.min_lr)
+
+    def mt_ramp(self, step: int) -> float:
+        return rampup(step, self.rampup)
