@@ -77,6 +77,10 @@ def build_trainer(recipe: Recipe, device: torch.device, num_classes: int, consol
     trainer = Trainer(model, optimizer, scaler, ema, amp, channels_last, why)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
+        saved = checkpoint.get("channels_last")  # absent in checkpoints written before it was recorded
+        if saved is not None and saved != channels_last:
+            console.log(f"run: checkpoint written channels-last {'on' if saved else 'off'}, resumed "
+                        f"{'on' if channels_last else 'off'} ({why}); weights and optimiser state converted")
     wrapped = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
