@@ -45,14 +45,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 # mkstemp creates 0600 files; a committed file gets what a plain open() would give it
-_FILE_MODE = 0o666 & ~_umask()
+_FILE_MODE = 0o666 & ~umask()
 
 
 def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -139,7 +139,7 @@ def _commit_dir(tmp: Path, out: Path) -> None:
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    os.chmod(tmp, 0o777 & ~atomic._umask())
+    os.chmod(tmp, 0o777 & ~atomic.umask())
     atomic.fsync_dir(tmp)
     if out.exists() and any(os.scandir(out)):
         # rename() replaces only an empty folder: move the old export aside first
