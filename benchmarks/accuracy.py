@@ -165,7 +165,7 @@ def main(argv=None) -> int:
 
 def _labels_csv(packed: Path, path: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from fastvip.data.pack import open_packed
+    from fastvip.data.packed import open_packed
     from fastvip.infer.predict import write_submission
     p = open_packed(packed)
     write_submission(path, p.ids, [int(x) for x in p.labels])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fastvip.errors import FastvipError
-from fastvip.data.pack import image_records, open_packed
+from fastvip.data.packed import image_records, open_packed
 
 from fastvip.recipe import AUGMENTS
 
@@ -198,13 +198,18 @@ def _auto_augment(images, size: int, kind: str):
         return auto_augment.auto_augment_image_net(images, shape=[size, size])
 
 
+def torch_dtype(dali_dtype) -> torch.dtype:
+    """The torch dtype of a DALI tensor's dtype, a ``DALIDataType`` enum (which ``np.dtype`` rejects)."""
+    from nvidia.dali.plugin.pytorch import to_torch_type
+    return to_torch_type[dali_dtype]
+
+
 def _to_torch(batch, device: torch.device) -> torch.Tensor:
     """A DALI TensorList (uniform shapes) -> a torch tensor on ``device``."""
     if device.type == "cuda":
         from nvidia.dali.plugin.pytorch import feed_ndarray
         dense = batch.as_tensor()
-        dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64}[np.dtype(dense.dtype)]
-        out = torch.empty(dense.shape(), dtype=dtype, device=device)
+        out = torch.empty(dense.shape(), dtype=torch_dtype(dense.dtype), device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
     return torch.from_numpy(np.array(batch.as_tensor()))

@@ -36,7 +36,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from fastvip.errors import FastvipError
-from fastvip.data.pack import open_packed
+from fastvip.data.packed import open_packed
 
 from .jpeg import decode_region, resize
 from .keyed import (DRAW_FLIP, checked_size, crop_window, default_workers, epoch_key, eval_shard, process_batch,

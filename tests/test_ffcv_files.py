@@ -15,7 +15,8 @@ from fastvip.errors import FastvipError
 from fastvip.loaders import build_loader
 from fastvip.loaders.ffcv import FFCVLoader
 from fastvip.methods.model import load_checkpoint
-from fastvip.data.pack import merge, merged_path, open_packed
+from fastvip.data.merge import merge, merged_path
+from fastvip.data.packed import open_packed
 from fastvip.infer.predict import predict
 from fastvip.recipe import Recipe
 from fastvip.train import run

@@ -7,7 +7,7 @@ import torch
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import open_packed
+from fastvip.data.packed import open_packed
 from fastvip.loaders import build_loader
 
 pytest.importorskip("nvidia.dali")
@@ -130,7 +130,7 @@ def test_raw_pixel_storage_is_a_clear_error(tmp_path):
     from ffcv.fields import BytesField, IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from fastvip import atomic
-    from fastvip.data.pack import FORMAT, fingerprint, meta_path
+    from fastvip.data.packed import FORMAT, fingerprint, meta_path
     path = tmp_path / "raw.beton"
     rng = np.random.default_rng(0)
     data = [(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), 0, np.frombuffer(b"a.png", np.uint8))]
@@ -170,3 +170,15 @@ def test_output_size_follows_set_epoch(colour_data):
     assert next(iter(d))[0].shape[-1] == 24
     with pytest.raises(FastvipError, match="outside"):
         d.set_epoch(3, image_size=32)
+
+
+def test_gpu_batch_dtype_comes_from_dalis_own_mapping():
+    """A DALI tensor's ``dtype`` is a ``DALIDataType`` enum, which ``np.dtype`` rejects (the first GPU
+    batch raised TypeError); the loader maps it with DALI's own table."""
+    from nvidia.dali.tensors import TensorCPU
+    from fastvip.loaders.dali import torch_dtype
+    for array, want in ((np.zeros((2, 3), np.uint8), torch.uint8), (np.zeros(4, np.int64), torch.int64)):
+        dali_dtype = TensorCPU(array).dtype  # the same enum a GPU TensorList's dense tensor reports
+        with pytest.raises(TypeError):
+            np.dtype(dali_dtype)
+        assert torch_dtype(dali_dtype) is want

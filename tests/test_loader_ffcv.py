@@ -74,7 +74,7 @@ def test_train_batches_shape_dtype_and_reproducible_crops(colour_data):
 
 
 def test_eval_sees_every_sample_once_in_file_order(colour_data):
-    from fastvip.data.pack import open_packed
+    from fastvip.data.packed import open_packed
     packed = open_packed(colour_data["val"])
     ev = _loader(colour_data["val"], False, batch_size=10)
     labels = torch.cat([y.clone() for _, y in ev]).numpy()  # FFCV recycles its batch buffers

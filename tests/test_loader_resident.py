@@ -7,7 +7,7 @@ import torch
 
 from fastvip.errors import FastvipError
 from fastvip.loaders import build_loader
-from fastvip.data.pack import open_packed
+from fastvip.data.packed import open_packed
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def ffcv_train(colour_data):
 
 def test_decode_once_equals_ffcv_whole_decode(colour_data, resident_train):
     from ffcv.libffcv import imdecode
-    from fastvip.data.pack import image_records
+    from fastvip.data.packed import image_records
     rec = image_records(colour_data["train"])
     data = np.fromfile(colour_data["train"], np.uint8)
     r = resident_train

@@ -8,7 +8,10 @@ from PIL import Image
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import META_SUFFIX, fingerprint, open_packed, pack, scan_source, transcode
+from fastvip.data.listing import scan_source
+from fastvip.data.pack import pack
+from fastvip.data.packed import META_SUFFIX, fingerprint, open_packed
+from fastvip.data.transcode import transcode
 
 from conftest import colour_image, write_image
 
@@ -145,7 +148,7 @@ def test_sidecar_mismatch_is_detected(tmp_path):
 def test_merge_train_and_val_for_training(colour_data, tmp_path):
     import shutil
 
-    from fastvip.data.pack import merge, merged_path
+    from fastvip.data.merge import merge, merged_path
     from fastvip.train import run
     from fastvip.recipe import Recipe
     files = []

@@ -18,7 +18,9 @@ from PIL import Image
 from conftest import REPO, write_image
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import META_SUFFIX, open_packed, pack, transcode
+from fastvip.data.pack import pack
+from fastvip.data.packed import META_SUFFIX, open_packed
+from fastvip.data.transcode import transcode
 
 Q = Console(quiet=True)
 
@@ -118,7 +120,7 @@ def test_huge_jpeg_is_decoded_reduced_without_the_memory(tmp_path):
     path = tmp_path / "huge.JPEG"
     Image.new("RGB", (12000, 9000), (10, 200, 30)).save(path, quality=50)
     # VmHWM is this process's own peak (ru_maxrss would include pytest's, kept across exec)
-    code = ("from fastvip.data.pack import transcode; "
+    code = ("from fastvip.data.transcode import transcode; "
             f"ok, p = transcode({os.fspath(path)!r}, 512, 90); "
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
             "print(ok, p[1], p[2], int(hwm) // 1024)")

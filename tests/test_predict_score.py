@@ -4,7 +4,7 @@ import pytest
 
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import open_packed
+from fastvip.data.packed import open_packed
 from fastvip.infer.predict import predict, read_submission, score, write_submission
 
 Q = Console(quiet=True)

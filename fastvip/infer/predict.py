@@ -16,7 +16,7 @@ from fastvip.loaders import build_loader
 from fastvip import atomic
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import check_label_indices
+from fastvip.data.packed import check_label_indices
 from fastvip.methods.augment import normalize
 from fastvip.infer.evaluate import logits_batches
 from fastvip.methods.model import (amp_dtype, autocast, build_model, find_weights, inference_weights, load_checkpoint,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -94,15 +95,86 @@ def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
                      fusion_weight=recipe.fusion_weight)
 
 
+# A checkpoint is torch's zip file followed by a trailer: MAGIC, the SHA-256 of every byte before
+# the trailer, and their count. torch.load reads through the trailer (a zip is found from its
+# end record, which stays within the last 64 KiB); torch.load alone checks none of the zip's CRCs.
+DIGEST_MAGIC = b"FASTVIP-SHA256\x00\x01"
+TRAILER_SIZE = len(DIGEST_MAGIC) + 32 + 8
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` through a temp file + rename: the previous file stays usable until then."""
+    """``torch.save`` with a digest trailer, through a temp file + rename: the previous file stays
+    usable until then, and file and digest appear together."""
     with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        digest, size = _sha256(tmp)
+        with open(tmp, "ab") as f:
+            f.write(DIGEST_MAGIC + digest + size.to_bytes(8, "little"))
         # Fault-injection hook for the kill-during-checkpoint test: hold the written temp
         # file before the rename so a test can kill the run exactly there.
         delay = float(os.environ.get("FASTVIP_TEST_CHECKPOINT_DELAY", "0") or 0)
         if delay:
             time.sleep(delay)
+
+
+def _sha256(path: Path, size: int | None = None) -> tuple[bytes, int]:
+    """The SHA-256 of a file's first ``size`` bytes (all of them by default), and that size."""
+    h, done = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while size is None or done < size:
+            chunk = f.read(1 << 22 if size is None else min(1 << 22, size - done))
+            if not chunk:
+                break
+            h.update(chunk)
+            done += len(chunk)
+    return h.digest(), done
+
+
+def checkpoint_digest(path: Path) -> str | None:
+    """The checkpoint's recorded SHA-256 (hex) once its bytes are checked against it; None for a
+    file written before checkpoints carried one (then its zip's CRC-32s are checked instead).
+    Damage is a :class:`DamagedCheckpoint` naming the file and what else there is."""
+    path = Path(path)
+    try:
+        total = path.stat().st_size
+    except OSError as e:
+        raise FastvipError(f"{path} is not a readable checkpoint: {e.strerror}") from None
+    trailer = b""
+    if total >= TRAILER_SIZE:
+        with open(path, "rb") as f:
+            f.seek(total - TRAILER_SIZE)
+            trailer = f.read(TRAILER_SIZE)
+    if not trailer.startswith(DIGEST_MAGIC):
+        _check_zip_crcs(path)
+        return None
+    want, size = trailer[len(DIGEST_MAGIC):-8], int.from_bytes(trailer[-8:], "little")
+    if size != total - TRAILER_SIZE:
+        raise DamagedCheckpoint(path, f"{total - TRAILER_SIZE} bytes where its digest counts {size}")
+    got, _ = _sha256(path, size)
+    if got != want:
+        raise DamagedCheckpoint(path, "its bytes do not match the SHA-256 written with them")
+    return want.hex()
+
+
+def _check_zip_crcs(path: Path) -> None:
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise DamagedCheckpoint(path, f"not a zip file as torch writes ({e})", "is not a readable checkpoint") from None
+    if bad is not None:
+        raise DamagedCheckpoint(path, f"the CRC-32 of its record {bad} does not match")
+
+
+class DamagedCheckpoint(FastvipError):
+    """A checkpoint whose bytes are not the ones written: one line naming it and the alternatives."""
+
+    def __init__(self, path: Path, why: str, lead: str = "is damaged"):
+        others = sorted(p.name for p in Path(path).parent.glob("*.pt") if p.name != Path(path).name)
+        where = f" ({', '.join(others)} beside it)" if others else ""
+        super().__init__(f"{path} {lead}: {why}; use another checkpoint{where}, "
+                         f"`fastvip verify` checks them")
 
 
 TRUST_ENV = "FASTVIP_TRUST_CHECKPOINTS"
@@ -114,6 +186,7 @@ def load_checkpoint(path: Path) -> dict:
     kept numpy RNG state as an array; or a crafted file) is a one-line error; with
     ``FASTVIP_TRUST_CHECKPOINTS=1`` a file you trust is read the unsafe way, with a warning."""
     trusted = os.environ.get(TRUST_ENV, "") not in ("", "0")
+    checkpoint_digest(path)  # damage is an error before anything is unpickled
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:

@@ -20,7 +20,8 @@ import torch
 
 from fastvip import atomic, distributed, recipe as recipe_mod
 from fastvip.console import Console
-from fastvip.data.pack import check_label_indices, merge, merged_path
+from fastvip.data.merge import merge, merged_path
+from fastvip.data.packed import check_label_indices
 from fastvip.errors import FastvipError
 from fastvip.infer.evaluate import evaluate
 from fastvip.loaders import build_loader, in_pipeline

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastvip import atomic
 from fastvip.console import Console
 from fastvip.errors import FastvipError
-from fastvip.data.pack import IMAGE_EXTS
+from fastvip.data.listing import IMAGE_EXTS
 
 SPLITS = ("train", "val", "test")
 TMP_PREFIX = ".split-tmp-"
