@@ -287,6 +287,22 @@ def consistency_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return (log_ps.exp() * (log_ps - log_pt)).sum(dim=-1).mean()
 
 
+def teacher_probs(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The teachers' averaged probabilities at temperature T: ``mean_k softmax(z_k / T)`` (float32)."""
+    return torch.stack([F.softmax(_f32(z) / temperature, dim=-1) for z in teacher_logits]).mean(0)
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation term ``T^2 KL(p_t || p_s)``, ``p_s = softmax(z_s / T)``, batch mean.
+
+    The teacher is the target (forward KL, unlike :func:`consistency_kl`); the ``T^2`` keeps the
+    gradient's size independent of T. ``teacher_p``: probabilities (:func:`teacher_probs`)."""
+    log_ps = F.log_softmax(_f32(student_logits) / temperature, dim=-1)
+    p_t = teacher_p.detach().float()
+    kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - log_ps)).sum(-1).mean()
+    return temperature ** 2 * kl
+
+
 def rampup(step: int, rampup_steps: int) -> float:
     """Sigmoid-shaped ramp ``exp(-5 (1 - t)^2)``, ``t = clamp(step / rampup_steps, 0, 1)``.
 

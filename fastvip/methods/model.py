@@ -156,6 +156,11 @@ def checkpoint_digest(path: Path) -> str | None:
     return want.hex()
 
 
+def file_digest(path: Path) -> str:
+    """A checkpoint's SHA-256 (hex), checked: the recorded one, or computed for older files."""
+    return checkpoint_digest(path) or _sha256(Path(path))[0].hex()
+
+
 def _check_zip_crcs(path: Path) -> None:
     import zipfile
     try:

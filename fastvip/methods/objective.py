@@ -16,6 +16,8 @@ weight, so the terms add up to the loss that is back-propagated and logged as
   one view of an image against the teacher on its other view (``teacher_logits`` come
   paired that way, see :func:`fastvip.train.other_view`).
 - ``loss_aux``: the classification loss on the auxiliary head.
+- ``loss_distill``: with ``teachers``, ``w T^2 KL(teachers || model)`` on the same augmented batch
+  (the teachers' probabilities at temperature T averaged), every other term scaled by ``1 - w``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def classification(recipe: Recipe, logits: torch.Tensor, targets: torch.Tensor) 
 
 
 def loss_terms(recipe: Recipe, out: dict, targets: torch.Tensor, dominant: torch.Tensor, *,
-               teacher_logits: torch.Tensor | None = None, mt_ramp: float = 1.0) -> dict[str, torch.Tensor]:
+               teacher_logits: torch.Tensor | None = None, mt_ramp: float = 1.0,
+               distill_p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The weighted loss terms for one batch (see the module docstring)."""
     logits = out["logits"].float()
     terms = {f"loss_{recipe.loss}": classification(recipe, logits, targets)}
@@ -54,4 +57,8 @@ def loss_terms(recipe: Recipe, out: dict, targets: torch.Tensor, dominant: torch
         terms["loss_mt"] = recipe.mt_weight * mt_ramp * losses.consistency_kl(logits, teacher_logits.float())
     if recipe.aux_weight > 0:
         terms["loss_aux"] = recipe.aux_weight * classification(recipe, out["aux"].float(), targets)
+    if distill_p is not None:
+        w = recipe.distill_weight
+        terms = {k: (1 - w) * v for k, v in terms.items()}
+        terms["loss_distill"] = w * losses.distillation_kl(logits, distill_p, recipe.distill_temperature)
     return terms

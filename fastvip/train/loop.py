@@ -64,7 +64,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: bool, console: Console, stop_aft
     seed_everything(recipe.seed)
     data = build_data(recipe, device, ddp, console)
     trainer = build_trainer(recipe, device, len(data.classes), console, world=ddp.world, rank=ddp.rank,
-                            augmented=in_pipeline(data.train), checkpoint=ckpt)
+                            augmented=in_pipeline(data.train), checkpoint=ckpt, classes=data.classes)
     state = RunState()
     if ckpt is not None:
         state = RunState.from_checkpoint(ckpt)

@@ -38,6 +38,7 @@ class StepContext:
     teacher: torch.nn.Module | None = None  # Mean Teacher (the EMA module), eval mode (why: train_step)
     no_sync: object = None             # DDP's no_sync, for all but the last micro-batch
     skip_on_device: bool = False       # NaN/inf steps skipped without a host read (skips_on_device)
+    teachers: list = field(default_factory=list)  # distillation (fastvip.train.teachers.Teacher)
     generator: torch.Generator | None = None
     # AutoAugment / RandAugment pick a kernel per group of samples, so the host must know the
     # draws: drawn on the host, the device never has to hand them back
@@ -120,8 +121,13 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
                         # EMA keeps (differently on each process). Eval mode is per-sample, so
                         # pairing its outputs equals feeding it the swapped batch.
                         teacher_logits = other_view(ctx.teacher.outputs(x)["logits"], ctx.recipe.views)
+                distill_p = None
+                if ctx.teachers:  # on the student's own augmented batch
+                    with torch.no_grad():
+                        distill_p = losses.teacher_probs([t.logits(x) for t in ctx.teachers],
+                                                         ctx.recipe.distill_temperature)
                 terms = loss_terms(ctx.recipe, out, targets, dominant, teacher_logits=teacher_logits,
-                                   mt_ramp=mt_ramp)
+                                   mt_ramp=mt_ramp, distill_p=distill_p)
             loss = sum(terms.values())
             if on_device:
                 here = (~torch.isfinite(loss.detach())).to(torch.float32)

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from fastvip.recipe import Recipe
 from fastvip.train.ema import EMA
 from fastvip.train.optim import align_state_to_params, build_optimizer
 from fastvip.train.step import StepContext, skips_on_device
+from fastvip.train.teachers import Teacher, check_unchanged, load_teachers, teacher_records
 
 
 @dataclass
@@ -34,12 +35,13 @@ class Trainer:
     channels_last_why: str
     forward: torch.nn.Module | None = None  # what the step calls: the model, DDP-wrapped and compiled as asked
     ctx: StepContext | None = None
+    teachers: list[Teacher] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         """The checkpoint entries of the weights and what updates them."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last, "teachers": teacher_records(self.teachers)}
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Weights, optimiser, scaler and EMA from a checkpoint, in this trainer's memory format
@@ -54,13 +56,14 @@ class Trainer:
 
 def build_trainer(recipe: Recipe, device: torch.device, num_classes: int, console: Console | None = None,
                   fresh: bool = True, world: int = 1, *, rank: int = 0, augmented: bool = False,
-                  checkpoint: dict | None = None) -> Trainer:
+                  checkpoint: dict | None = None, classes: list[str] | None = None) -> Trainer:
     """Everything a step needs, from a recipe and a device.
 
     A fresh model in the recipe's memory format (``checkpoint``: resumed from it; else, with
     ``fresh``, initialised from ``recipe.init_from``), its optimiser, grad scaler and EMA, the
     module the step calls (DDP-wrapped when ``world`` > 1, compiled when the recipe says) and
-    the step context. ``augmented``: the loader already applied ``auto_augment``."""
+    the step context, with the recipe's distillation teachers (``classes``: the names they must
+    match). ``augmented``: the loader already applied ``auto_augment``."""
     console = console or Console(quiet=True)
     amp = amp_dtype(recipe.amp, device)
     channels_last, why = use_channels_last(recipe, device)
@@ -74,8 +77,11 @@ def build_trainer(recipe: Recipe, device: torch.device, num_classes: int, consol
     optimizer = build_optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     ema = EMA(model, recipe.ema_decay) if recipe.uses_ema else None
-    trainer = Trainer(model, optimizer, scaler, ema, amp, channels_last, why)
+    with torch.random.fork_rng(devices=[]):  # the teachers' throw-away init draws nothing from the run's RNG
+        teachers = load_teachers(recipe, device, num_classes, classes, console)
+    trainer = Trainer(model, optimizer, scaler, ema, amp, channels_last, why, teachers=teachers)
     if checkpoint is not None:
+        check_unchanged(teachers, checkpoint.get("teachers"))
         trainer.load_state_dict(checkpoint)
         saved = checkpoint.get("channels_last")  # absent in checkpoints written before it was recorded
         if saved is not None and saved != channels_last:
@@ -89,7 +95,7 @@ def build_trainer(recipe: Recipe, device: torch.device, num_classes: int, consol
     trainer.ctx = StepContext(recipe, device, amp, num_classes, augmented, channels_last, rank=rank, world=world,
                               teacher=ema.module if recipe.mt_weight > 0 else None,
                               no_sync=wrapped.no_sync if world > 1 else None,
-                              skip_on_device=skips_on_device(recipe, device, amp))
+                              skip_on_device=skips_on_device(recipe, device, amp), teachers=teachers)
     return trainer
 
 
