@@ -117,9 +117,14 @@ def make_loader(name: str, args, device, data: Path, source: Path | None):
         return DALILoader(data, train=True, batch_size=args.batch_size, image_size=args.res, device=device,
                           workers=args.workers, source_workers=args.workers)
     t0 = time.perf_counter()
-    loader = build_loader(name, data, train=True, batch_size=args.batch_size, image_size=args.res,
-                          device=device, seed=0, workers=args.workers)
-    if name == "resident":  # the one decode pass, paid once per run
+    # resident: the recipe's resident_storage (--set resident_storage=jpeg); resident-jpeg and
+    # resident-pixels name one, so both storages time side by side in one run
+    storage = {"resident-jpeg": "jpeg", "resident-pixels": "pixels"}.get(
+        name, getattr(args, "resident_storage", "pixels"))
+    kind = "resident" if name.startswith("resident") else name
+    loader = build_loader(kind, data, train=True, batch_size=args.batch_size, image_size=args.res,
+                          device=device, seed=0, workers=args.workers, resident_storage=storage)
+    if kind == "resident":  # the one decode pass (pixels) or copy of the bytes (jpeg), paid once per run
         loader.setup_s = time.perf_counter() - t0
     return loader
 
@@ -341,7 +346,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", type=Path, help="original JPEG folder (class folders, or flat files)")
     ap.add_argument("--source-classes", type=int, default=10, help="classes to spread a flat --source over")
     ap.add_argument("--loader", default="ffcv,torchvision",
-                    help="comma list: ffcv, ffcv-stock, dali, dali-parallel, resident, torchvision")
+                    help="comma list: ffcv, ffcv-stock, dali, dali-parallel, resident (resident_storage of "
+                    "--set), resident-pixels, resident-jpeg, torchvision")
     ap.add_argument("--mode", default="loader", help="comma list: loader, model, e2e")
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "tresnet_xl.py",
                     help="recipe whose training settings model/e2e modes use")
@@ -382,6 +388,7 @@ def run(args) -> list[dict]:
     names = [n for n in args.loader.split(",") if n]
     overrides = [pair for group in args.set for pair in group]
     recipe = recipe_mod.resolve(args.recipe, overrides)
+    args.resident_storage = recipe.resident_storage  # what --loader resident stores
     recipe = dataclasses.replace(recipe, image_size=args.res, batch_size=args.batch_size,
                                  model=args.model or recipe.model, device=device.type)
     with tempfile.TemporaryDirectory(prefix="fastvip-bench-") as tmp:

@@ -131,6 +131,19 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    import json
+    from fastvip.verify import verify
+    report = verify(args.paths, decode=args.decode, console=_console(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in report.problems:
+            print(line, file=sys.stderr)
+        print(f"verify: {len(report.checked)} checked, {len(report.problems)} problems")
+    return 1 if report.problems else 0
+
+
 def cmd_recipes(args) -> int:
     from fastvip.recipe import recipe_description
     from fastvip.recipe import recipes_dir
@@ -182,12 +195,36 @@ def _recipe_fields_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = _Defaults
-    parser = argparse.ArgumentParser(prog="fastvip", formatter_class=fmt,
+    parser = argparse.ArgumentParser(prog="fastvip", formatter_class=_Defaults,
                                      description="Train image classifiers from scratch on small data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pack", formatter_class=fmt, help="pack an image folder into an FFCV .beton")
+    _add_pack(sub)
+    _add_run(sub)
+    _add_split(sub)
+    _add_predict(sub)
+    _add_export(sub)
+    _add_ensemble(sub)
+    _add_score(sub)
+    _add_show(sub)
+    _add_plot(sub)
+    _add_recipes(sub)
+    _add_verify(sub)
+    return parser
+
+
+def _add_set(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--set KEY=VALUE ...`` (repeatable) recipe overrides: ``run`` and ``show``."""
+    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE", help=help)
+
+
+def _add_weights(p: argparse.ArgumentParser, help: str) -> None:
+    """``--weights best|last``, which checkpoint of a run: ``predict`` and ``export``."""
+    p.add_argument("--weights", choices=("best", "last"), default="best", help=help)
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser("pack", formatter_class=_Defaults, help="pack an image folder into an FFCV .beton")
     p.add_argument("src", help="class folders (labelled), or only images / only imgs/ (unlabelled)")
     p.add_argument("out", help="output .beton (a .beton.meta.json sidecar is written beside it)")
     p.add_argument("--max-side", type=int, default=512, help="cap on the longer side in pixels")
@@ -198,10 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_pack)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", formatter_class=_RawEpilog, help="train a recipe", epilog=_recipe_fields_epilog())
     p.add_argument("recipe", help="recipe file (recipes/*.py)")
-    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
-                   help="override recipe fields (type-checked)")
+    _add_set(p, help="override recipe fields (type-checked)")
     p.add_argument("--out", default=None, help="run directory (default: recipe.out or runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
@@ -211,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("split", formatter_class=fmt,
+
+def _add_split(sub) -> None:
+    p = sub.add_parser("split", formatter_class=_Defaults,
                        help="make the VIPriors train/val/test folders from ImageNet-2012 or Tiny ImageNet")
     p.add_argument("root", metavar="ROOT",
                    help="ImageNet-2012 root (train/<wnid>/, val/<wnid>/) or Tiny ImageNet root (tiny-imagenet-200: "
@@ -235,11 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("predict", formatter_class=fmt, help="class probabilities and a submission")
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", formatter_class=_Defaults, help="class probabilities and a submission")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("data", help="packed .beton to predict")
-    p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best = the weights (raw or EMA) that scored best on val")
+    _add_weights(p, "best = the weights (raw or EMA) that scored best on val")
     p.add_argument("--tta", choices=("none", "flip", "multiscale", "tencrop"), default="none",
                    help="test-time augmentation (views averaged; see fastvip/infer/tta.py)")
     p.add_argument("--scales", type=_int_list, default=None,
@@ -258,17 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", formatter_class=fmt,
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", formatter_class=_Defaults,
                        help="write a timm model folder (timm.create_model('local-dir:OUT_DIR', pretrained=True))")
     p.add_argument("run", metavar="RUN_DIR", help="run directory or checkpoint file")
     p.add_argument("out", metavar="OUT_DIR", help="new or empty folder for model.safetensors and config.json")
-    p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best = the weights (raw or EMA) that scored best on val; last = the last epoch's")
+    _add_weights(p, "best = the weights (raw or EMA) that scored best on val; last = the last epoch's")
     p.add_argument("--force", action="store_true", help="replace a previous export in OUT_DIR")
     _common(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ensemble", formatter_class=fmt, help="average probabilities into a submission")
+
+def _add_ensemble(sub) -> None:
+    p = sub.add_parser("ensemble", formatter_class=_Defaults, help="average probabilities into a submission")
     p.add_argument("probs", nargs="+", metavar="PROBS.npz", help="outputs of fastvip predict")
     p.add_argument("--weights", default=None, help="comma-separated weights (default: equal)")
     p.add_argument("--submission", required=True, help="VIPriors submission CSV to write")
@@ -276,29 +320,46 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("score", formatter_class=fmt, help="top-1 of a submission against labels")
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", formatter_class=_Defaults, help="top-1 of a submission against labels")
     p.add_argument("submission")
     p.add_argument("labels", help="CSV in the submission format holding the true classes")
     _common(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("show", formatter_class=fmt, help="print a resolved recipe")
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", formatter_class=_Defaults, help="print a resolved recipe")
     p.add_argument("recipe")
-    p.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE")
+    _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("plot", formatter_class=fmt, help="PNG training curves of one or more runs")
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", formatter_class=_Defaults, help="PNG training curves of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (several are overlaid)")
     p.add_argument("--out", default=None, help="PNG path (default: FIRST_RUN_DIR/plots/curves.png)")
     _common(p)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("recipes", formatter_class=fmt, help="list recipe files")
+
+def _add_recipes(sub) -> None:
+    p = sub.add_parser("recipes", formatter_class=_Defaults, help="list recipe files")
     p.add_argument("--dir", default=None, help="folder of recipe files (default: the shipped recipes)")
     _common(p)
     p.set_defaults(func=cmd_recipes)
-    return parser
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", formatter_class=_Defaults,
+                       help="check packed files, run directories and checkpoints for damage")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="packed .beton files, run directories, checkpoint files")
+    p.add_argument("--decode", action="store_true", help="packed files: also decode every image")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _common(p)
+    p.set_defaults(func=cmd_verify)
 
 
 def main(argv: list[str] | None = None) -> int:

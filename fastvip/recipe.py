@@ -24,6 +24,7 @@ LOSSES = ("ce", "sce")
 OPTIMIZERS = ("sgd", "adamw", "rmsproptf")
 SWITCHES = ("auto", "on", "off")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+RESIDENT_STORAGES = ("pixels", "jpeg")  # fastvip.loaders.resident.STORAGES
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Recipe:
     val_data: str = ""                  # packed file for validation; empty = no validation
     loader: str = "ffcv"                # "ffcv", "dali" or "resident" (decoded once, kept in GPU or host memory)
     resident_size: int = 0              # resident loader: longest stored side in px; 0 = as packed
+    resident_storage: str = "pixels"    # resident loader: pixels (decoded once) or jpeg (packed bytes, decoded per batch on the device)
     image_size: int = 224               # train crop size (the last one, with progressive resizing)
     eval_size: int = 0                  # val and predict --tta none|flip size; 0 = image_size
     res_start: int = 0                  # progressive resizing: train size up to res_ramp_start; 0 = off
@@ -90,6 +92,9 @@ class Recipe:
     aux_weight: float = 0.0             # auxiliary classifier loss weight; 0 = no auxiliary head
     aux_stage: int = -2                 # backbone stage (timm feature_info index) the auxiliary head reads
     fusion_weight: float = 0.0          # inference: weight of the auxiliary probabilities (fusion)
+    teachers: tuple[str, ...] = ()      # run dirs or checkpoints whose averaged probabilities the model distils
+    distill_weight: float = 0.0         # loss = (1 - w) task + w T^2 KL(teachers || model); 0 = no distillation
+    distill_temperature: float = 1.0    # T: both softmaxes of the distillation term at temperature T
     drop_rate: float = 0.0              # dropout before the classifier
     drop_path_rate: float = 0.0         # stochastic depth (timm models that support it)
     ema: bool = False                   # keep an exponential moving average of the weights
@@ -124,8 +129,9 @@ class Recipe:
         if isinstance(value, bool):
             object.__setattr__(self, "channels_last", "on" if value else "off")
         # recipe.json holds a list: a tuple again, so a reloaded recipe equals the one saved
-        if isinstance(self.tta_scales, list):
-            object.__setattr__(self, "tta_scales", tuple(self.tta_scales))
+        for name in ("tta_scales", "teachers"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def train_files(self) -> list[str]:
@@ -151,6 +157,10 @@ class Recipe:
         """One-line errors for values that cannot work (before any data is touched)."""
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
+            (0 <= self.distill_weight <= 1, "distill_weight must be between 0 and 1"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (bool(self.teachers) == (self.distill_weight > 0),
+             "teachers and distill_weight > 0 go together (a teacher with weight 0 would run for nothing)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr_batch >= 1, "lr_batch must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -168,6 +178,10 @@ class Recipe:
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0"),
             (self.amp in AMP_CHOICES, f"amp must be one of {', '.join(AMP_CHOICES)}"),
+            (self.resident_storage in RESIDENT_STORAGES,
+             f"resident_storage must be one of {', '.join(RESIDENT_STORAGES)}"),
+            (self.loader != "resident" or self.resident_storage == "pixels" or self.resident_size == 0,
+             "resident_size shrinks the pixel store; with resident_storage jpeg it must be 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.optimizer_impl in OPTIMIZER_IMPLS, f"optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}"),
             (self.optimizer_impl != "fused" or self.optimizer in ("sgd", "adamw"),
@@ -315,7 +329,7 @@ def parse_value(key: str, text: str):
     try:
         if typing.get_origin(kind) is tuple:  # tuple[int, ...]: comma-separated
             item = typing.get_args(kind)[0]
-            return tuple(item(p) for p in text.split(",") if p.strip())
+            return tuple(item(p.strip()) for p in text.split(",") if p.strip())
         if kind is bool:
             return _parse_bool(text)
         if kind is int:
@@ -331,7 +345,8 @@ def parse_value(key: str, text: str):
         pass
     else:
         raise FastvipError(f"recipe field {key!r} has an unsupported type {kind}")
-    name = "comma-separated ints" if typing.get_origin(kind) is tuple else getattr(kind, "__name__", str(kind))
+    name = f"comma-separated {typing.get_args(kind)[0].__name__}s" if typing.get_origin(kind) is tuple else \
+        getattr(kind, "__name__", str(kind))
     if type(None) in args:
         name += " or none"
     raise FastvipError(f"recipe field {key!r} expects {name}, got {text!r}")

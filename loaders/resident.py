@@ -31,6 +31,11 @@ OpenCV's INTER_AREA otherwise. Two implementations of that resize, chosen by the
   in): a fixed handful of kernels per batch, no per-sample launches, no host read.
 
 Both compute the same weights; they differ by rounding (tests compare them on the CPU).
+
+``storage="jpeg"`` (recipe ``resident_storage=jpeg``) keeps the packed JPEG bytes instead of
+the pixels (a tenth of the memory or less) and decodes each batch on the training device
+(torchvision's batched ``decode_jpeg``: nvJPEG on CUDA), then cuts it with the code above:
+:mod:`fastvip.loaders.resident_jpeg`.
 """
 from __future__ import annotations
 
@@ -44,13 +49,14 @@ import torch
 from numba import njit
 
 from fastvip.errors import FastvipError
-from fastvip.data.pack import image_records, open_packed
+from fastvip.data.packed import image_records, open_packed
 
 from .jpeg import resize as _area_resize
 from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
                     torch_threads, train_order, view_key)
 
 GiB = 1 << 30
+STORAGES = ("pixels", "jpeg")  # recipe field resident_storage
 _LOG_LO, _LOG_HI = float(np.log(3 / 4)), float(np.log(4 / 3))
 _CHUNK_BYTES = 128 << 20  # decode working set when the store is not host memory
 
@@ -65,7 +71,7 @@ _area = njit(nogil=True)(_area_resize)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def _in_threads(work, n: int, workers: int) -> None:
+def in_threads(work, n: int, workers: int) -> None:
     """``work(lo, hi)`` over ``workers`` contiguous slices of ``range(n)``, in threads: the
     compiled kernels release the GIL. (numba's own ``prange`` would compile for ~10 s in every
     process, uncacheable because the kernels call C through ctypes.)"""
@@ -124,7 +130,7 @@ def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, s
 
 
 @njit(nogil=True)
-def _crop_resize(store, rows, wins, mirror, out):
+def crop_resize(store, rows, wins, mirror, out):
     """CPU: ``out[i]`` = window ``wins[i]`` (top, left, h, w) of the image starting at store row
     ``rows[i]``, resized to ``out``'s size as the FFCV path resizes a decoded crop, mirrored."""
     size_h, size_w = out.shape[1], out.shape[2]
@@ -208,6 +214,17 @@ def _free_bytes(device: torch.device) -> tuple[int, int, str]:
     return avail - margin, avail, f"{margin / GiB:.1f} GB kept free"
 
 
+def _fit_hint(rec, keep, budget: int, packed_longest: int, storage: str) -> str:
+    """What would fit in ``budget`` bytes instead: a smaller pixel store, or the JPEG bytes."""
+    heights, widths = rec.heights[keep], rec.widths[keep]
+    fit, jpeg = _fitting_size(heights, widths, budget, packed_longest), int(rec.sizes[keep].sum())
+    options = [f"resident_storage jpeg would fit ({_gb(jpeg)})"] if storage == "pixels" and jpeg <= budget else []
+    if fit:
+        options.append(("resident_storage pixels at " if storage == "jpeg" else "")
+                       + f"resident_size {fit} would fit ({_gb(store_bytes(heights, widths, fit))})")
+    return ", or ".join(options) if options else "no resident storage does; use loader ffcv"
+
+
 def _fitting_size(heights, widths, budget: int, packed_longest: int) -> int | None:
     for s in sorted({*range(16, packed_longest + 1, 16), packed_longest}, reverse=True):
         if store_bytes(heights, widths, s) <= budget:
@@ -238,9 +255,14 @@ class ResidentLoader(EpochState):
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int, device: torch.device,
                  seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
                  crop_scale: tuple[float, float] = (0.08, 1.0), views: int = 1, pk: int = 0, indices=None,
-                 resident_size: int = 0, console=None, backend: str = "auto"):
+                 resident_size: int = 0, console=None, backend: str = "auto", storage: str = "pixels"):
         if resident_size < 0:
             raise FastvipError(f"resident_size must be >= 0 (0 = the packed size), not {resident_size}")
+        if storage not in STORAGES:
+            raise FastvipError(f"resident_storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+        if storage == "jpeg" and resident_size:
+            raise FastvipError(f"resident_size {resident_size} shrinks the pixel store; resident_storage jpeg keeps "
+                               "the packed JPEG bytes as they are: set resident_size 0 (or resident_storage pixels)")
         if backend not in ("auto", "kernel", "matmul"):
             raise FastvipError(f"backend must be auto, kernel or matmul, not {backend!r}")
         self.packed = open_packed(path)
@@ -248,6 +270,7 @@ class ResidentLoader(EpochState):
         if train and pk and self.packed.labels is None:
             raise FastvipError(f"P x K batches need labels; {path} is unlabelled")
         self.train, self.batch_size, self.device, self.seed = train, local, device, seed
+        self.storage, self.jpeg = storage, None
         self.views = views if train else 1
         self.pk, self.crop_scale, self.eval_crop = pk, crop_scale, eval_crop
         self.workers = workers or default_workers()
@@ -266,24 +289,24 @@ class ResidentLoader(EpochState):
     # -- the store
 
     def _load(self, path, resident_size: int, console) -> None:
-        """Decode the images this process needs into the store, once."""
+        """Fill the store with the images this process needs, once: their decoded pixels, or
+        (``storage`` jpeg, :mod:`fastvip.loaders.resident_jpeg`) their packed JPEG bytes."""
         rec = image_records(path)
         keep = np.unique(self.indices)  # an eval shard or a subset stores only its own images
-        h, w = stored_shape(rec.heights[keep], rec.widths[keep], resident_size)
-        self.stored_h = np.zeros(self.packed.num_samples, np.int64)
-        self.stored_w = np.zeros(self.packed.num_samples, np.int64)
-        self.stored_h[keep], self.stored_w[keep] = h, w
-        self.row = np.zeros(self.packed.num_samples, np.int64)
-        self.row[keep] = np.concatenate([[0], np.cumsum(h)[:-1]]) if len(keep) else []
-        rows, width = int(h.sum()), int(w.max()) if len(w) else 1
-        nbytes = rows * width * 3
         packed_longest = int(np.maximum(rec.heights, rec.widths).max()) if len(keep) else 0
-        size_note = f"resident_size {resident_size}" if resident_size else f"the packed size ({packed_longest} px)"
+        if self.storage == "jpeg":
+            from .resident_jpeg import JpegStore
+            self.jpeg = JpegStore(self, rec, keep, path, console)
+            plan = self.jpeg.plan()
+        else:
+            plan = self._pixel_plan(rec, keep, resident_size, packed_longest, path, console)
+        nbytes = plan["bytes"]
         budget, free, margin = _free_bytes(self.device)
         local_rank, local_world = _local_world()
         # collective: every process of the job takes the same barriers here, wherever its store is
         collective = self.train and self.world > 1
-        where = str(self.device) if self.device.type == "cuda" and nbytes <= budget else "host"
+        on_device = self.device.type == "cuda" and plan["device"] and nbytes <= budget
+        where = str(self.device) if on_device else "host"
         if where == "host" and self.device.type == "cuda":
             budget, free, margin = _free_bytes(torch.device("cpu"))
         shared = collective and local_world > 1 and where == "host"
@@ -294,32 +317,30 @@ class ResidentLoader(EpochState):
             agree(fits, f"resident loader: the {len(keep)} images of {path} do not fit in some process's "
                         f"memory (its log says how much; a smaller resident_size would)", self.device)
         if not fits:
-            fit = _fitting_size(rec.heights[keep], rec.widths[keep],
-                                budget // (1 if shared else local_world), packed_longest)
-            hint = (f"resident_size {fit} would fit ({_gb(store_bytes(rec.heights[keep], rec.widths[keep], fit))})"
-                    if fit else "no resident_size does; use loader ffcv")
+            hint = _fit_hint(rec, keep, budget // (1 if shared else local_world), packed_longest, self.storage)
             raise FastvipError(
-                f"resident loader: {len(keep)} images of {path} at {size_note} need {_gb(per_machine)}"
+                f"resident loader: {len(keep)} images of {path} {plan['what']} need {_gb(per_machine)}"
                 + (f" ({local_world} processes)" if per_machine != nbytes else "")
-                + f", but {'the GPU and ' if self.device.type == 'cuda' else ''}host memory has "
-                f"{_gb(free)} free ({margin}); {hint}")
-        store, note, decode = self._allocate(where, rows, width, nbytes, shared, collective, path, resident_size)
+                + f", but {'the GPU and ' if self.device.type == 'cuda' and plan['device'] else ''}host memory "
+                f"has {_gb(free)} free ({margin}); {hint}")
+        store, note, fill = self._allocate(where, plan["shape"], nbytes, shared, collective, path, plan["key"],
+                                           pin=plan["device"])
         self.store_tensor = store
-        self.store = {"where": where + note, "bytes": nbytes, "images": int(len(keep)),
-                      "resident_size": resident_size or packed_longest, "width": width}
+        self.store = {"storage": self.storage, "where": where + note, "bytes": nbytes, "images": int(len(keep)),
+                      "resident_size": resident_size or packed_longest, **plan["info"]}
         failed = None
-        if decode:
+        if fill:
             try:
-                self._decode(rec, keep, h, w, store, console, path)
+                plan["fill"](store)
             except FastvipError as e:
                 failed = e
                 if not collective:
                     raise
         if collective:  # a failed decode (of a shared store especially) stops every process
             from fastvip.distributed import agree
-            agree(failed is None, str(failed) if failed else f"resident loader: decoding {path} failed in "
+            agree(failed is None, str(failed) if failed else f"resident loader: loading {path} failed in "
                                                               "another process", self.device)
-            _barrier()  # a shared store is decoded and every local process has mapped it
+            _barrier()  # a shared store is filled and every local process has mapped it
             if local_rank == 0 and self._shm is not None:
                 self._shm.unlink(missing_ok=True)  # the mappings stay; nothing is left in /dev/shm
         # the host copies the sample windows refer to, and the labels
@@ -327,13 +348,27 @@ class ResidentLoader(EpochState):
         labels = self.packed.labels if self.packed.labels is not None else np.full(self.packed.num_samples, -1)
         self.labels = torch.from_numpy(np.array(labels, np.int64))
 
-    def _allocate(self, where, rows, width, nbytes, shared, collective, path, resident_size):
-        """(store, note for the log, whether this process decodes into it). ``collective``: every
-        process of the job calls this and takes one barrier, whatever ``where`` and /dev/shm say."""
-        shape = (max(rows, 1), width, 3)
+    def _pixel_plan(self, rec, keep, resident_size, packed_longest, path, console) -> dict:
+        """The decoded-pixel store: its layout (rows, stored sizes), bytes and how to fill it."""
+        h, w = stored_shape(rec.heights[keep], rec.widths[keep], resident_size)
+        self.stored_h = np.zeros(self.packed.num_samples, np.int64)
+        self.stored_w = np.zeros(self.packed.num_samples, np.int64)
+        self.stored_h[keep], self.stored_w[keep] = h, w
+        self.row = np.zeros(self.packed.num_samples, np.int64)
+        self.row[keep] = np.concatenate([[0], np.cumsum(h)[:-1]]) if len(keep) else []
+        rows, width = int(h.sum()), int(w.max()) if len(w) else 1
+        size_note = f"resident_size {resident_size}" if resident_size else f"the packed size ({packed_longest} px)"
+        return {"bytes": rows * width * 3, "shape": (max(rows, 1), width, 3), "device": True,
+                "what": f"at {size_note}", "key": resident_size, "info": {"width": width},
+                "fill": lambda store: self._decode(rec, keep, h, w, store, console, path)}
+
+    def _allocate(self, where, shape, nbytes, shared, collective, path, key, pin=True):
+        """(store of ``shape``, note for the log, whether this process fills it). ``collective``: every
+        process of the job calls this and takes one barrier, whatever ``where`` and /dev/shm say.
+        ``key`` tells stores of one file apart in /dev/shm; ``pin``: pinned host memory on CUDA."""
         self._shm = None
         local_rank, local_world = _local_world()
-        name = _shm_name(path, resident_size, nbytes) if shared else None
+        name = _shm_name(path, key, nbytes) if shared else None
         if shared and local_rank == 0 and _shm_fits(nbytes):
             with open(name, "wb") as fh:
                 fh.truncate(nbytes or 1)
@@ -345,9 +380,9 @@ class ResidentLoader(EpochState):
             if name.exists():
                 self._shm = name
                 flat = torch.from_file(os.fspath(name), shared=True, size=nbytes or 1, dtype=torch.uint8)
-                return flat[:shape[0] * width * 3].view(shape), f" shared by {local_world} local processes", \
+                return flat[:int(np.prod(shape))].view(shape), f" shared by {local_world} local processes", \
                     local_rank == 0
-        pin = self.device.type == "cuda"
+        pin = pin and self.device.type == "cuda"
         try:
             return torch.empty(shape, dtype=torch.uint8, pin_memory=pin), " (pinned)" if pin else "", True
         except RuntimeError:  # the host would not pin that much: pageable, staged through pinned batches
@@ -374,7 +409,7 @@ class ResidentLoader(EpochState):
                        torch.empty((n_rows, store.shape[1], 3), dtype=torch.uint8)).numpy()
                 status = np.zeros(len(j), np.int64)
                 th, tw = h[start:end], w[start:end]
-                _in_threads(lambda lo, hi: _decode_into(
+                in_threads(lambda lo, hi: _decode_into(
                     data, rec.ptrs[j[lo:hi]], rec.sizes[j[lo:hi]], rec.modes[j[lo:hi]], rec.heights[j[lo:hi]],
                     rec.widths[j[lo:hi]], th[lo:hi], tw[lo:hi], row0[lo:hi], dst, status[lo:hi]), len(j), self.workers)
                 if status.any():
@@ -385,6 +420,11 @@ class ResidentLoader(EpochState):
                     store[self.row[j[0]]:self.row[j[0]] + n_rows].copy_(torch.from_numpy(dst))
                 bar.advance(len(j))
                 start = end
+
+    @property
+    def cpu_decoded(self) -> int:
+        """JPEG storage: decodes of images the device decoder rejects, done on the CPU instead."""
+        return self.jpeg.cpu_decoded if self.jpeg is not None else 0
 
     # -- the loader interface
 
@@ -417,12 +457,14 @@ class ResidentLoader(EpochState):
         return idx, win, mirror
 
     def _batch(self, idx: np.ndarray, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.jpeg is not None:
+            return self.jpeg.batch(idx, epoch, size)
         idx, win, mirror = self.windows(idx, epoch)
         labels = self.labels[torch.from_numpy(idx)]
         if self.backend == "kernel":
             out = np.empty((len(idx), size, size, 3), np.uint8)
             store, rows = self.store_tensor.numpy(), self.row[idx]
-            _in_threads(lambda lo, hi: _crop_resize(store, rows[lo:hi], win[lo:hi], mirror[lo:hi], out[lo:hi]),
+            in_threads(lambda lo, hi: crop_resize(store, rows[lo:hi], win[lo:hi], mirror[lo:hi], out[lo:hi]),
                         len(idx), self.workers)
             images = torch.from_numpy(out).permute(0, 3, 1, 2)
             return images.to(self.device), labels.to(self.device)

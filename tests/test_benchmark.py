@@ -210,10 +210,10 @@ def test_gpu_check_without_a_gpu_reports_every_part_skipped(tmp_path, cpu_env):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert list(doc["parts"]) == ["correctness", "throughput", "memory"]
+    assert list(doc["parts"]) == ["correctness", "throughput", "jpeg", "memory"]
     assert all(r["status"] == "skipped" and r["reason"] == "no CUDA device" for r in doc["parts"].values())
     assert doc["machine"]["cuda"] is False and "| correctness | skipped |" in (tmp_path / "gpu_check.md").read_text()
     bad = subprocess.run([sys.executable, "tools/gpu_check.py", "--parts", "speed", "--out", str(tmp_path)],
                          cwd=REPO, env=cpu_env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "gpu_check: unknown part 'speed'; choose from correctness, throughput, memory"]
+        "gpu_check: unknown part 'speed'; choose from correctness, throughput, jpeg, memory"]

@@ -1,6 +1,6 @@
-"""The GPU check: every CUDA figure and test fastvip needs, in one device call of at most 5 minutes.
+"""The GPU check: every CUDA figure and test fastvip needs, in one device call of at most 6 minutes.
 
-    bash tools/gpu_check.sh [--parts correctness,throughput,memory] [--out DIR] [--budget-scale F]
+    bash tools/gpu_check.sh [--parts correctness,throughput,jpeg,memory] [--out DIR] [--budget-scale F]
 
 Run by ``tools/gpu_check.sh`` after it has set up the kit (``device_kit/core``, built here by
 ``tools/device_kit.sh``). Parts, most important first, each with its own time budget (seconds
@@ -15,6 +15,11 @@ next part still runs):
   (``e2e_over_model``; targets 0.95 with the FFCV loader, 0.97 for the resident loader and
   resnet18) for resnet18 and resnet50 at 160 px and tresnet_xl at 224 px on 16 decode threads,
   plus ``x_timm`` for tresnet_xl (fastvip's plain step over timm's train.py step).
+- ``jpeg`` (40 s): the resident loader's JPEG storage (``resident_storage=jpeg``: packed bytes
+  in memory, each batch decoded by torchvision's nvJPEG ``decode_jpeg`` on the GPU), through
+  ``benchmarks/throughput.py --loader resident-jpeg``: img/s of decode + crop + resize alone
+  (loader mode, batches on the GPU), and model-only against end-to-end for resnet18 at 160 px
+  (``e2e_over_model``).
 - ``memory`` (70 s): channels-last against NCHW at each recipe's resolution and batch for
   tresnet_xl, resnest101e, seresnext101_32x4d, efficientnet_b2 and resnet50
   (``benchmarks/memory_format.py``), written to ``OUT/memory_formats.json`` (its ``cuda``
@@ -37,7 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"correctness": 110, "throughput": 100, "memory": 70}  # seconds: 280 of a 5-minute call
+PARTS = {"correctness": 110, "throughput": 100, "jpeg": 40, "memory": 70}  # seconds: 320 of a 6-minute call
 MEMORY_MODELS = "tresnet_xl,resnest101e,seresnext101_32x4d,efficientnet_b2,resnet50"
 # (model, resolution, recipe, batch): the throughput rows, most important first
 THROUGHPUT = [("resnet18", 160, "recipes/table1_resnet50.py", 256),
@@ -165,6 +170,39 @@ def throughput(have, out: Path, budget: float) -> dict:
     return {"status": status, "figures": rows, "dali": "skipped: DALI does not travel in one call"}
 
 
+# (model, resolution, recipe, batch) of the JPEG-storage row
+JPEG_ROW = ("resnet18", 160, "recipes/table1_resnet50.py", 256)
+
+
+def jpeg(have, out: Path, budget: float) -> dict:
+    """The GPU decode path: the resident loader with JPEG storage, loader alone and end to end."""
+    why = _missing(have, "cuda", "ffcv", "region_decoder", "sample")
+    if why:
+        return {"status": "skipped", "reason": why}
+    model, res, recipe, batch = JPEG_ROW
+    js = out / "jpeg_storage.json"
+    js.unlink(missing_ok=True)
+    cmd = [sys.executable, "benchmarks/throughput.py", "--data", have["sample"], "--loader", "resident-jpeg",
+           "--mode", "loader,model,e2e", "--recipe", recipe, "--model", model, "--res", str(res),
+           "--batch-size", str(batch), "--workers", str(os.cpu_count() or 16), "--passes", "3",
+           "--pass-epochs", "3", "--steps", "10", "--warmup", "5", "--json", str(js)]
+    status, secs, rc = run_part(cmd, out / "jpeg.log", budget)
+    figures = {"model": model, "res": res, "batch_size": batch}
+    if js.is_file():
+        for r in json.loads(js.read_text()):
+            if r.get("mode") == "loader":
+                figures.update(decode_crop_img_per_s=round(r["img_per_s"]),
+                               decode_crop_cpu_s_per_1k=r.get("cpu_s_per_1k"), setup_s=r.get("setup_s"))
+            elif r.get("mode") == "e2e":
+                figures.update(e2e_img_per_s=round(r["img_per_s"]),
+                               e2e_over_model=round(r.get("e2e_over_model") or 0, 3))
+            elif r.get("step") == "fastvip":
+                figures["model_img_per_s"] = round(r["img_per_s"])
+            if r.get("peak_gpu_mem_mb") is not None:
+                figures["peak_gpu_mem_mb"] = round(r["peak_gpu_mem_mb"])
+    return {"status": status, "seconds": round(secs, 1), "rc": rc, "figures": figures}
+
+
 def memory(have, out: Path, budget: float) -> dict:
     why = _missing(have, "cuda")
     if why:
@@ -179,7 +217,7 @@ def memory(have, out: Path, budget: float) -> dict:
     return {"status": status, "seconds": round(secs, 1), "rc": rc, "figures": cuda}
 
 
-RUNNERS = {"correctness": correctness, "throughput": throughput, "memory": memory}
+RUNNERS = {"correctness": correctness, "throughput": throughput, "jpeg": jpeg, "memory": memory}
 
 
 def _write(path: Path, text: str) -> None:
@@ -207,6 +245,10 @@ def markdown(have: dict, results: dict) -> str:
         for row in tp:
             lines.append(f"| {row['model']} | {row['res']} | {row['status']} | "
                          + " | ".join(str(row.get(k, "-")) for k in keys) + " |")
+    jp = results.get("jpeg", {}).get("figures")
+    if jp:
+        lines += ["", "| JPEG storage | " + " | ".join(jp) + " |", "|---" * (1 + len(jp)) + "|",
+                  "| resident-jpeg | " + " | ".join(str(v) for v in jp.values()) + " |"]
     mem = results.get("memory", {}).get("figures")
     if mem:
         lines += ["", "| model (memory format) | entry |", "|---|---|"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (tools/gpu_check.py says what it runs): one device call of at most 5 minutes.
+# The GPU check (tools/gpu_check.py says what it runs): one device call of at most 6 minutes.
 #
-#   bash tools/gpu_check.sh [--parts correctness,throughput,memory] [--out DIR]
+#   bash tools/gpu_check.sh [--parts correctness,throughput,jpeg,memory] [--out DIR]
 #
 # On the GPU machine, carry device_kit/core (built here by tools/device_kit.sh, ~50 MiB) with
 # the working tree; this sets it up (ffcv and the region decoder for that Python, into /tmp)

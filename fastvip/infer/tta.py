@@ -105,8 +105,12 @@ def plan(tta: str, heights: np.ndarray, widths: np.ndarray, indices: np.ndarray,
 def cut(images: torch.Tensor, view: View) -> torch.Tensor:
     """The view of every image in the batch: float (n, 3, size, size), mirrored if asked."""
     from torchvision.ops import roi_align
-    boxes = torch.as_tensor(view.boxes, dtype=torch.float32, device=images.device)
-    rois = torch.cat([torch.arange(len(boxes), device=images.device, dtype=torch.float32)[:, None], boxes], 1)
+    # (batch index, box) rows made on the host and copied without a host wait: a blocking copy to a
+    # GPU would wait for the batch's kernels in every view
+    boxes = torch.as_tensor(view.boxes, dtype=torch.float32)
+    rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None], boxes], 1)
+    if images.is_cuda:
+        rois = rois.pin_memory().to(images.device, non_blocking=True)
     out = roi_align(images, rois, output_size=(view.size, view.size), spatial_scale=1.0,
                     sampling_ratio=-1, aligned=True)
     return out.flip(3) if view.flip else out

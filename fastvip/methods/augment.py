@@ -17,11 +17,15 @@ _CONSTANTS: dict = {}
 
 def _constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, 1 / std) as (1, C, 1, 1) tensors on ``device``, made once: a tensor built from
-    Python numbers on a GPU is a blocking copy, which a training step must not make."""
+    Python numbers on a GPU is a blocking copy, which a training step must not make (nor the
+    first one: on a GPU they are copied from pinned memory, without a host wait)."""
     key = (mean, std, str(device))
     if key not in _CONSTANTS:
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
-        _CONSTANTS[key] = (mean_t, (1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)).to(device))
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        if device.type == "cuda":
+            mean_t, inv_std = (t.pin_memory().to(device, non_blocking=True) for t in (mean_t, inv_std))
+        _CONSTANTS[key] = (mean_t.to(device), inv_std.to(device))
     return _CONSTANTS[key]
 
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 import torchvision.transforms.functional as F
 import torchvision.transforms.v2.functional as F2
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import _functional_tensor as _Ft
+from torchvision.transforms.functional import _get_inverse_affine_matrix
 
 from fastvip.recipe import AUGMENTS
 
@@ -88,27 +89,86 @@ def _normalize_fill(fill, channels: int) -> list[float] | None:
     return [float(f) for f in fill]
 
 
+def _on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor built on the host, on ``device`` without a host sync: a blocking copy to a
+    GPU (what ``torch.tensor(..., device=cuda)`` makes) waits for every kernel queued before it."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _geometric(images: torch.Tensor, matrix: list[float], fill) -> torch.Tensor:
+    """torchvision's tensor ``affine`` / ``rotate`` (same size, NEAREST) with the sampling grid made on
+    the host: torchvision builds its matrix with ``torch.tensor(..., device=img.device)``, a blocking
+    upload in every step on a GPU. The grid is torchvision's own (``_gen_affine_grid``), so on the CPU
+    the result is torchvision's bit for bit. (A ``fill`` still makes torchvision upload it.)"""
+    h, w = images.shape[-2], images.shape[-1]
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    theta = torch.tensor(matrix, dtype=dtype).reshape(1, 2, 3)
+    grid = _Ft._gen_affine_grid(theta, w=w, h=h, ow=w, oh=h)
+    return _Ft._apply_grid_transform(images, _on_device(grid, images.device), "nearest", fill=fill)
+
+
+def _affine(images: torch.Tensor, translate, shear, center=None, fill=None) -> torch.Tensor:
+    """``F.affine(images, angle=0, translate, scale=1, shear, NEAREST, fill, center)`` (its argument
+    handling for these ops) through :func:`_geometric`."""
+    h, w = images.shape[-2], images.shape[-1]
+    center_f = [0.0, 0.0] if center is None else [1.0 * (c - s * 0.5) for c, s in zip(center, [w, h])]
+    matrix = _get_inverse_affine_matrix(center_f, 0.0, [1.0 * t for t in translate], 1.0, list(shear))
+    return _geometric(images, matrix, fill)
+
+
+def _sharpness(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """``F.adjust_sharpness`` with its 3x3 kernel made on the host (torchvision sets its centre with
+    ``kernel[1, 1] = 5.0`` on the device: a blocking one-element upload)."""
+    if images.size(-1) <= 2 or images.size(-2) <= 2:
+        return images
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    kernel = torch.ones((3, 3), dtype=dtype)
+    kernel[1, 1] = 5.0
+    kernel /= kernel.sum()
+    kernel = _on_device(kernel, images.device).expand(images.shape[-3], 1, 3, 3)
+    blurred, need_cast, need_squeeze, out_dtype = _Ft._cast_squeeze_in(images, [kernel.dtype])
+    blurred = torch.nn.functional.conv2d(blurred, kernel, groups=blurred.shape[-3])
+    blurred = _Ft._cast_squeeze_out(blurred, need_cast, need_squeeze, out_dtype)
+    degenerate = images.clone()
+    degenerate[..., 1:-1, 1:-1] = blurred
+    return _Ft._blend(images, degenerate, factor)
+
+
+def _autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """``F.autocontrast`` with ``torch.where`` for its boolean-mask stores (``minimum[mask] = 0``:
+    a ``nonzero``, so a host sync, on a GPU). The same values."""
+    bound = _Ft._max_value(images.dtype)
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    minimum = images.amin(dim=(-2, -1), keepdim=True).to(dtype)
+    maximum = images.amax(dim=(-2, -1), keepdim=True).to(dtype)
+    scale = bound / (maximum - minimum)
+    flat = torch.isfinite(scale).logical_not()
+    minimum = torch.where(flat, torch.zeros_like(minimum), minimum)
+    scale = torch.where(flat, torch.ones_like(scale), scale)
+    return ((images - minimum) * scale).clamp(0, bound).to(images.dtype)
+
+
 def _apply(images: torch.Tensor, op_name: str, magnitude: float,
            fill: list[float] | None = None) -> torch.Tensor:
-    """torchvision ``_apply_op`` (NEAREST) on a whole batch that shares one op and magnitude."""
-    nearest = InterpolationMode.NEAREST
+    """torchvision ``_apply_op`` (NEAREST) on a whole batch that shares one op and magnitude.
+
+    The geometric ops, Sharpness and AutoContrast are torchvision's tensor kernels rewritten only
+    where those make a GPU wait for the host (see :func:`_geometric`); the results are the same."""
     if op_name == "ShearX":
         # torchvision shears by atan(magnitude) degrees about the top-left corner
-        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0,
-                        shear=[math.degrees(math.atan(magnitude)), 0.0],
-                        interpolation=nearest, fill=fill, center=[0, 0])
+        return _affine(images, [0, 0], [math.degrees(math.atan(magnitude)), 0.0], center=[0, 0], fill=fill)
     if op_name == "ShearY":
-        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0,
-                        shear=[0.0, math.degrees(math.atan(magnitude))],
-                        interpolation=nearest, fill=fill, center=[0, 0])
+        return _affine(images, [0, 0], [0.0, math.degrees(math.atan(magnitude))], center=[0, 0], fill=fill)
     if op_name == "TranslateX":
-        return F.affine(images, angle=0.0, translate=[int(magnitude), 0], scale=1.0,
-                        interpolation=nearest, shear=[0.0, 0.0], fill=fill)
+        return _affine(images, [int(magnitude), 0], [0.0, 0.0], fill=fill)
     if op_name == "TranslateY":
-        return F.affine(images, angle=0.0, translate=[0, int(magnitude)], scale=1.0,
-                        interpolation=nearest, shear=[0.0, 0.0], fill=fill)
+        return _affine(images, [0, int(magnitude)], [0.0, 0.0], fill=fill)
     if op_name == "Rotate":
-        return F.rotate(images, magnitude, interpolation=nearest, fill=fill)
+        # F.rotate: the inverse matrix of -angle about the centre
+        return _geometric(images, _get_inverse_affine_matrix([0.0, 0.0], -magnitude, [0.0, 0.0], 1.0, [0.0, 0.0]),
+                          fill)
     if op_name == "Brightness":
         return F.adjust_brightness(images, 1.0 + magnitude)
     if op_name == "Color":
@@ -116,13 +176,13 @@ def _apply(images: torch.Tensor, op_name: str, magnitude: float,
     if op_name == "Contrast":
         return F.adjust_contrast(images, 1.0 + magnitude)
     if op_name == "Sharpness":
-        return F.adjust_sharpness(images, 1.0 + magnitude)
+        return _sharpness(images, 1.0 + magnitude)
     if op_name == "Posterize":
         return F.posterize(images, int(magnitude))
     if op_name == "Solarize":
         return F.solarize(images, magnitude)
     if op_name == "AutoContrast":
-        return F.autocontrast(images)
+        return _autocontrast(images)
     if op_name == "Equalize":
         # v1 equalize loops over images in Python; the v2 kernel is vectorised and computes the same LUT
         return F2.equalize_image(images)

@@ -147,7 +147,8 @@ def build_data(recipe: Recipe, device: torch.device, ddp: distributed.Dist, cons
         files = [os.fspath(merged_path(files))]
     common = {"device": device, "seed": recipe.seed, "workers": recipe.workers,
               "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0),
-              "resident_size": recipe.resident_size, "console": console}
+              "resident_size": recipe.resident_size, "resident_storage": recipe.resident_storage,
+              "console": console}
     train = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
                          image_size=max_train_resolution(recipe), auto_augment=recipe.auto_augment,
                          views=recipe.views, pk=recipe.pk_samples, **common)

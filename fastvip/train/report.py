@@ -43,7 +43,7 @@ def start(job, resumed: bool) -> None:
                     f"{data.steps} steps/epoch, loader {r.loader}"
                     + (f", resumed after epoch {job.state.epoch}" if resumed else ""))
     for name, st in (where or {}).items():
-        job.console.log(f"run: {name} images resident in {st['where']}: {st['bytes'] / 2**20:,.1f} MiB "
+        job.console.log(f"run: {name} images resident ({st.get('storage', 'pixels')}) in {st['where']}: {st['bytes'] / 2**20:,.1f} MiB "
                         f"({st['images']} images, longest side {st['resident_size']} px)")
     job.console.log(f"run: channels-last {'on' if t.channels_last else 'off'} ({t.channels_last_why}), "
                     f"optimizer {r.optimizer} ({impl})")
