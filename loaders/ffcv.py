@@ -39,8 +39,8 @@ from fastvip.errors import FastvipError
 from fastvip.data.packed import open_packed
 
 from .jpeg import decode_region, resize
-from .keyed import (DRAW_FLIP, checked_size, crop_window, default_workers, epoch_key, eval_shard, process_batch,
-                    torch_threads, train_order, uniform, view_key)
+from .keyed import (DRAW_FLIP, EpochState, crop_window, default_workers, epoch_key, eval_shard, mirror_in_place,
+                    process_batch, torch_threads, train_order, uniform, view_key)
 
 # The per-batch objmode call that fetches the epoch key is the only Python in the
 # decoder; numba warns that it holds the GIL, which is what we want there.
@@ -179,12 +179,7 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                         continue
                     resize_crop_c(image, r0, r1, c0, c1, out)  # growing: OpenCV's fast linear path
                     if mirror:
-                        for r in range(out_h):
-                            for c in range(out_w // 2):
-                                for ch in range(3):
-                                    t = out[r, c, ch]
-                                    out[r, c, ch] = out[r, out_w - 1 - c, ch]
-                                    out[r, out_w - 1 - c, ch] = t
+                        mirror_in_place(out)
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -275,7 +270,7 @@ def _fits_in_ram(path) -> bool:
         return True
 
 
-class FFCVLoader:
+class FFCVLoader(EpochState):
     """The FFCV path of the loader interface (see :mod:`fastvip.loaders`)."""
 
     name = "ffcv"
@@ -320,15 +315,10 @@ class FFCVLoader:
         torch.set_num_threads(torch_threads())  # FFCV's import and Loader set it (torch_threads)
         self.num_samples = len(self._order.sample_order(0)) if train else len(all_idx)
 
-    @property
-    def classes(self) -> list[str]:
-        return self.packed.classes
-
     def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
-        self.epoch = int(epoch)
-        self.start_batch = int(start_batch) if self.train else 0
-        if isinstance(self._decoder, KeyedCropDecoder):
-            self.size = checked_size(image_size, self.size, self.image_size)
+        # whole-image canvases (test-time views) have no output size to change
+        keyed = isinstance(self._decoder, KeyedCropDecoder)
+        super().set_epoch(epoch, image_size if keyed else None, start_batch)
 
     def __len__(self) -> int:
         return len(self._loader)

@@ -247,6 +247,19 @@ def crop_windows(key, indices, heights, widths, train, scale_lo, scale_hi, logr_
     return out
 
 
+@njit(cache=True, nogil=True)
+def mirror_in_place(image):
+    """Mirror an ``(h, w, 3)`` image left-right in place: the CPU kernels' flip after a resize
+    that cannot fold the mirror in (the FFCV decoder's and the resident loader's)."""
+    h, w = image.shape[0], image.shape[1]
+    for r in range(h):
+        for c in range(w // 2):
+            for ch in range(3):
+                t = image[r, c, ch]
+                image[r, c, ch] = image[r, w - 1 - c, ch]
+                image[r, w - 1 - c, ch] = t
+
+
 def checked_size(requested: int | None, current: int, largest: int) -> int:
     """The size ``set_epoch(epoch, image_size=requested)`` leaves a loader at (``None`` keeps
     ``current``); one-line error past ``largest``, the size the loader was built for."""
@@ -261,9 +274,10 @@ def checked_size(requested: int | None, current: int, largest: int) -> int:
 
 
 class EpochState:
-    """The loader interface's bookkeeping shared by the loaders that count batches themselves
-    (DALI, resident): ``classes``, ``set_epoch`` and ``__len__`` over ``packed``, ``train``,
-    ``num_samples``, ``batch_size`` (per process), ``size`` and ``image_size``."""
+    """The loader interface's bookkeeping shared by the loaders: ``classes``, ``set_epoch`` and
+    ``__len__`` over ``packed``, ``train``, ``num_samples``, ``batch_size`` (per process), ``size``
+    and ``image_size``. ``__len__`` counts the batches as DALI and the resident loader cut them;
+    the FFCV loader asks FFCV's loader instead."""
 
     @property
     def classes(self) -> list[str]:

@@ -52,8 +52,8 @@ from fastvip.errors import FastvipError
 from fastvip.data.packed import image_records, open_packed
 
 from .jpeg import resize as _area_resize
-from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, process_batch,
-                    torch_threads, train_order, view_key)
+from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, mirror_in_place,
+                    process_batch, torch_threads, train_order, view_key)
 
 GiB = 1 << 30
 STORAGES = ("pixels", "jpeg")  # recipe field resident_storage
@@ -143,12 +143,7 @@ def crop_resize(store, rows, wins, mirror, out):
             continue
         _linear_resize(image, 0, h, left, left + w, dst)
         if mirror[i]:
-            for r in range(size_h):
-                for c in range(size_w // 2):
-                    for ch in range(3):
-                        t = dst[r, c, ch]
-                        dst[r, c, ch] = dst[r, size_w - 1 - c, ch]
-                        dst[r, size_w - 1 - c, ch] = t
+            mirror_in_place(dst)
 
 
 # ------------------------------------------------------------------ batched resize (CUDA)

@@ -1,14 +1,12 @@
 """The DALI loader on CPU (device_id=None): same file, same crops, same interface as FFCV."""
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from fastvip.console import Console
 from fastvip.errors import FastvipError
 from fastvip.data.packed import open_packed
 from fastvip.loaders import build_loader
+from helpers.one_epoch import one_epoch_run
 
 pytest.importorskip("nvidia.dali")
 CPU = torch.device("cpu")
@@ -143,13 +141,7 @@ def test_raw_pixel_storage_is_a_clear_error(tmp_path):
 
 
 def test_one_epoch_run_with_dali(colour_data, tmp_path):
-    from fastvip.recipe import Recipe
-    from fastvip.train import run
-    r = Recipe(model="test_resnet", loader="dali", train_data=str(colour_data["train"]),
-               val_data=str(colour_data["val"]), image_size=24, epochs=1, batch_size=16, lr=0.4,
-               warmup_epochs=0.5, crop_scale_min=0.3, workers=2).validate()
-    run(r, tmp_path / "r", console=Console(quiet=True))
-    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    lines = one_epoch_run(colour_data, tmp_path / "r", "dali")
     assert lines[0]["loader"] == "dali" and lines[1]["epoch"] == 1 and lines[1]["val_top1"] > 25.0
 
 

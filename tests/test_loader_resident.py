@@ -1,6 +1,4 @@
 """The resident loader: decode once, then the FFCV loader's windows cut from memory."""
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -8,6 +6,7 @@ import torch
 from fastvip.errors import FastvipError
 from fastvip.loaders import build_loader
 from fastvip.data.packed import open_packed
+from helpers.one_epoch import one_epoch_run
 
 CPU = torch.device("cpu")
 
@@ -143,14 +142,7 @@ def test_smaller_store_and_the_does_not_fit_error(colour_data, ffcv_train, monke
 
 
 def test_one_epoch_run_with_resident(colour_data, tmp_path):
-    from fastvip.console import Console
-    from fastvip.recipe import Recipe
-    from fastvip.train import run
-    r = Recipe(model="test_resnet", loader="resident", train_data=str(colour_data["train"]),
-               val_data=str(colour_data["val"]), image_size=24, epochs=1, batch_size=16, lr=0.4,
-               warmup_epochs=0.5, crop_scale_min=0.3, workers=2).validate()
-    run(r, tmp_path / "r", console=Console(quiet=True))
-    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    lines = one_epoch_run(colour_data, tmp_path / "r", "resident")
     start, epoch = lines[0], lines[1]
     assert start["loader"] == "resident" and start["store"]["train"]["where"] == "host"
     assert start["store"]["train"]["images"] == 96 and start["store"]["val"]["images"] == 48
