@@ -14,7 +14,8 @@ SGD Nesterov, one warm-up epoch then cosine, label smoothing 0.1), 30 epochs. fa
         --runs baseline,tiny_vipriors_fast
 
 Results go to ``--json`` (default ``benchmarks/time_to_accuracy.json``), one entry per run:
-``wall_s``, ``epochs``, ``last_top1`` (the last epoch's top-1 of the weights the recipe ships:
+``command`` (to rerun it from the repository root: paths inside the repository are recorded
+relative to it), ``wall_s``, ``epochs``, ``last_top1`` (the last epoch's top-1 of the weights the recipe ships:
 EMA when it keeps an EMA or a Mean Teacher, raw otherwise; fixed by the recipe, never the better of
 the two), the per-epoch curve, and for fastvip runs ``x_baseline`` = baseline ``wall_s`` / this
 run's ``wall_s``, set only when ``last_top1`` is at least the baseline's (``wall_ratio`` always
@@ -54,6 +55,30 @@ def logged(cmd: list, log: Path) -> int:
         fh.write("$ " + " ".join(shown) + "\n")
         fh.flush()
         return subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT).returncode
+
+
+def repo_relative(arg) -> str:
+    """A command-line argument as the JSON records it: a path inside the repository (alone, as a
+    ``key=value`` value, or in a comma-separated list) relative to the repository root, where the
+    runs start, so that the command reruns from a checkout anywhere; anything else as it is."""
+    text = str(arg)
+    key, sep, value = text.partition("=")
+    if sep and key.isidentifier():
+        return f"{key}={repo_relative(value)}"
+    parts = []
+    for part in text.split(","):
+        path = Path(part)
+        if path.is_absolute():
+            try:
+                part = path.relative_to(REPO).as_posix() or "."
+            except ValueError:
+                pass  # outside the repository: only this machine has it
+        parts.append(part)
+    return ",".join(parts)
+
+
+def shown_command(cmd: list) -> str:
+    return " ".join(repo_relative(c) for c in cmd)
 
 
 def machine() -> dict:
@@ -186,7 +211,7 @@ class Bench:
             sys.exit(f"error: the baseline failed ({rc}); see {self.args.work / 'baseline.log'}")
         r = json.loads(out.read_text())
         self.doc["entries"][BASELINE] = {
-            "baseline": "benchmarks/baseline_torchvision.py", "command": " ".join(map(str, cmd[1:])),
+            "baseline": "benchmarks/baseline_torchvision.py", "command": shown_command(cmd[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(start)), "done": True,
             "wall_s": round(end - start, 2), "epochs": r["epochs"], "weights": "raw", "last_top1": r["val_top1"],
             "curve": [{"epoch": i + 1, "wall_s": round(t - start, 2), "top1": top1, "val_n": r.get("val_n")}
@@ -211,7 +236,7 @@ class Bench:
                                  "date": time.strftime("%Y-%m-%d %H:%M")}
         cmd = [sys.executable, "-m", "fastvip", "run", recipe, "--out", run_dir, "--set", *sets] + (
             ["--resume"] if resume else [])
-        e["command"] = "fastvip run " + " ".join(map(str, cmd[4:]))
+        e["command"] = "fastvip run " + shown_command(cmd[4:])
         e["segments"].append({"start": time.time(), "end": None})
         self.save()
         rc = logged(cmd, self.args.work / f"{name}.log")

@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(sub)
     _add_recipes(sub)
     _add_verify(sub)
+    from fastvip.tune import add_parser as add_tune  # optuna itself is imported when tune runs
+    add_tune(sub, formatter_class=_Defaults)
     return parser
 
 

@@ -35,6 +35,8 @@ def _stage(module: str) -> str:
         return "base"
     if module in ALIASES or module in ("fastvip.cli", "fastvip.__main__", "fastvip.verify", "fastvip.tune"):
         return "entry"
+    if module.startswith("fastvip.tune."):  # the tune command is a package: all of it is entry
+        return "entry"
     return module.split(".")[1]
 
 

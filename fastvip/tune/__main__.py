@@ -1,0 +1,6 @@
+"""``python -m fastvip.tune RECIPE --space SPACE.py --trials N --out DIR``: ``fastvip tune`` on its own."""
+import sys
+
+from fastvip.tune import main
+
+sys.exit(main())
