@@ -116,7 +116,7 @@ def reference(colour_data, tmp_path_factory):
 
 def _assert_same_as_reference(run_dir, reference):
     final = torch.load(run_dir / "last.pt", weights_only=False)
-    assert final["epoch"] == 3 and final["step"] == reference["step"]
+    assert final["epoch"] == 3 and final["run_state"]["step"] == reference["run_state"]["step"]
     for name, t in reference["model"].items():
         torch.testing.assert_close(final["model"][name], t, rtol=1e-5, atol=1e-6, msg=name)
 
