@@ -282,15 +282,21 @@ def find_recipe(path: str | Path) -> Path:
     raise FastvipError(f"recipe {path} does not exist (`fastvip recipes` lists the shipped ones)")
 
 
+def run_python_file(path: Path, kind: str) -> dict:
+    """Run a plain-Python config file (a recipe, a tuning space) and return its namespace; an
+    exception inside it is a one-line error naming the file."""
+    try:
+        return runpy.run_path(str(path), run_name=f"fastvip_{kind}_{Path(path).stem}")
+    except FastvipError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken file is bad input
+        raise FastvipError(f"{kind} {path} failed to load: {type(e).__name__}: {e}") from None
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Run a recipe file and return its ``recipe``."""
     path = find_recipe(path)
-    try:
-        namespace = runpy.run_path(str(path), run_name=f"fastvip_recipe_{path.stem}")
-    except FastvipError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a broken recipe file is bad input
-        raise FastvipError(f"recipe {path} failed to load: {type(e).__name__}: {e}") from None
+    namespace = run_python_file(path, "recipe")
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise FastvipError(f"recipe {path} must define `recipe = Recipe(...)`")

@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
 from fastvip.errors import FastvipError
 
 HELP = "hyperparameter search (Optuna): each trial a fastvip run"
-
-
-class Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Option defaults in the help, except the empty ones (as ``fastvip``'s other commands)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")
 
 
-def add_parser(sub, formatter_class=Defaults) -> argparse.ArgumentParser:
+def add_parser(sub, formatter_class=argparse.HelpFormatter) -> argparse.ArgumentParser:
     """Add the ``tune`` subcommand (``cmd_tune``) to ``fastvip``'s subparsers (``sub``)."""
     p = sub.add_parser("tune", formatter_class=formatter_class, help=HELP, description=HELP)
     add_arguments(p)
@@ -153,26 +143,3 @@ def _outputs(study, out: Path, shown: str, console) -> None:
     summary += [("trials.csv", f"{out / 'trials.csv'} ({rows} rows)"), ("plot", plot),
                 ("disk", f"{report.disk_use(out / 'trials') / 1e6:,.1f} MB in {out / 'trials'}")]
     console.table("tune summary", summary)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastvip.tune``: the ``fastvip tune`` command on its own."""
-    p = argparse.ArgumentParser(prog="fastvip tune", formatter_class=Defaults, description=HELP)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return cmd_tune(args)
-    except FastvipError as e:
-        if args.debug:
-            raise
-        from fastvip.console import printable
-        print(printable(f"error: {e}"), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - no tracebacks without --debug
-        if args.debug:
-            raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1

@@ -9,7 +9,6 @@ with probe trials that draw every range's ends and every categorical choice, so 
 from __future__ import annotations
 
 import dataclasses
-import runpy
 import types
 import typing
 from pathlib import Path
@@ -21,7 +20,7 @@ from optuna.samplers import BaseSampler
 
 from fastvip import recipe as recipe_mod
 from fastvip.errors import FastvipError
-from fastvip.recipe import Recipe
+from fastvip.recipe import Recipe, run_python_file
 
 PROBES_MAX = 16          # probe trials at most (ends of the ranges, then each categorical choice)
 TUNER_OWNS = ("out",)    # fields the tuner sets itself: each trial runs in DIR/trials/NNNN
@@ -32,12 +31,7 @@ def load_space(path: str | Path) -> Callable:
     path = Path(path)
     if not path.is_file():
         raise FastvipError(f"space {path} does not exist")
-    try:
-        namespace = runpy.run_path(str(path), run_name=f"fastvip_space_{path.stem}")
-    except FastvipError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a broken space file is bad input
-        raise FastvipError(f"space {path} failed to load: {type(e).__name__}: {e}") from None
+    namespace = run_python_file(path, "space")
     fn = namespace.get("space")
     if not callable(fn):
         raise FastvipError(f"space {path} must define `def space(trial) -> dict` (recipe overrides)")
