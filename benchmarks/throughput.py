@@ -88,6 +88,7 @@ def torchvision_loader(root: Path, batch_size: int, res: int, device, workers: i
 
 def ffcv_stock_loader(path: Path, batch_size: int, res: int, device, workers: int):
     """A bare FFCV Loader with FFCV's own decoder, flip and random order (no fastvip layer)."""
+    from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption

@@ -134,10 +134,12 @@ def cmd_show(args) -> int:
 def cmd_verify(args) -> int:
     import json
     from fastvip.verify import verify
-    report = verify(args.paths, decode=args.decode, console=_console(args))
+    report = verify(args.paths, decode=args.decode, add_checksums=args.add_checksums, console=_console(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        for line in report.notes:
+            print(line)
         for line in report.problems:
             print(line, file=sys.stderr)
         print(f"verify: {len(report.checked)} checked, {len(report.problems)} problems")
@@ -358,7 +360,10 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", formatter_class=_Defaults,
                        help="check packed files, run directories and checkpoints for damage")
     p.add_argument("paths", nargs="+", metavar="PATH", help="packed .beton files, run directories, checkpoint files")
-    p.add_argument("--decode", action="store_true", help="packed files: also decode every image")
+    p.add_argument("--decode", action="store_true", help="packed files: also decode every image whole "
+                   "(libjpeg's warnings count as damage)")
+    p.add_argument("--add-checksums", action="store_true", help="packed files without per-sample checksums "
+                   "(packed before fastvip wrote them): add them to the sidecar, then check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _common(p)
     p.set_defaults(func=cmd_verify)

@@ -38,6 +38,7 @@ class Recipe:
     loader: str = "ffcv"                # "ffcv", "dali" or "resident" (decoded once, kept in GPU or host memory)
     resident_size: int = 0              # resident loader: longest stored side in px; 0 = as packed
     resident_storage: str = "pixels"    # resident loader: pixels (decoded once) or jpeg (packed bytes, decoded per batch on the device)
+    skip_damaged: bool = False          # leave out samples whose checksum fails (each reported, counted in metrics) instead of stopping
     image_size: int = 224               # train crop size (the last one, with progressive resizing)
     eval_size: int = 0                  # val and predict --tta none|flip size; 0 = image_size
     res_start: int = 0                  # progressive resizing: train size up to res_ramp_start; 0 = off

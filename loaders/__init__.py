@@ -63,7 +63,7 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
                  device: torch.device, seed: int = 0, workers: int = 0,
                  eval_crop: float = 0.875, crop_scale: tuple[float, float] = (0.08, 1.0),
                  auto_augment: str = "none", views: int = 1, pk: int = 0, resident_size: int = 0,
-                 resident_storage: str = "pixels", console=None) -> Loader:
+                 resident_storage: str = "pixels", skip_damaged: bool = False, console=None) -> Loader:
     """Create the loader named ``kind`` (a key of :data:`LOADERS`).
 
     ``image_size`` is the largest output size (see :meth:`Loader.set_epoch`). ``batch_size`` is global: under torchrun each process loads ``batch_size / world`` images
@@ -73,7 +73,10 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
     (``augments_in_pipeline``); for the others the trainer augments on the device.
     ``resident_size`` (the longest stored side, 0 = as packed), ``resident_storage`` (``pixels``:
     decoded once; ``jpeg``: the packed bytes, each batch decoded on the device) and ``console``
-    (its progress bar and notes) reach the resident loader only.
+    (its progress bar and notes) reach the resident loader only. Every loader checks each
+    sample against the packed file's checksums before decoding it: a damaged one stops the
+    run with a one-line error, or with ``skip_damaged`` is left out of its batch and reported
+    (the loader's ``damaged_skipped`` counts them).
     """
     from fastvip.errors import FastvipError
     if kind not in LOADERS:
@@ -88,7 +91,8 @@ def build_loader(kind: str, path, *, train: bool, batch_size: int, image_size: i
         extra.update(resident_size=resident_size, storage=resident_storage, console=console)
     return loader_cls(path, train=train, batch_size=batch_size, image_size=image_size,
                       device=device, seed=seed, workers=workers, eval_crop=eval_crop,
-                      crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0, **extra)
+                      crop_scale=crop_scale, views=views if train else 1, pk=pk if train else 0,
+                      skip_damaged=skip_damaged, **extra)
 
 
 def in_pipeline(loader) -> bool:

@@ -26,10 +26,10 @@ static void on_error(j_common_ptr cinfo) {
     longjmp(err->jump, 1);
 }
 
-/* Warnings (e.g. a truncated file padded with grey) must not print from a decode thread. */
+/* Warnings (corrupt data, a truncated file padded with grey) must not print from a decode
+ * thread: they are counted instead (info[5]), for `fastvip verify --decode`. */
 static void on_message(j_common_ptr cinfo, int level) {
-    (void)cinfo;
-    (void)level;
+    if (level < 0) cinfo->err->num_warnings++;
 }
 
 /* Decode rows [top, top + h) and columns [left, left + w) of the JPEG in (src, src_len),
@@ -39,6 +39,8 @@ static void on_message(j_common_ptr cinfo, int level) {
  * The wanted columns start info[2] pixels into each row: libjpeg widens a horizontal crop
  * to whole iMCUs. info[3], info[4] = the scaled image's height and width.
  * The scaled crop is [top*num/8, ceil((top+h)*num/8)) x [left*num/8, ceil((left+w)*num/8)).
+ * info[5] = libjpeg's warnings; a crop that reaches the last row also reads the file to its end
+ * marker, so trailing damage is counted there. info holds 6 int64s.
  * Returns 0, or -1 when libjpeg reports an error, -2 when dst is too small, -3 on bad arguments.
  */
 int fastvip_decode_region(const uint8_t *src, uint64_t src_len, uint8_t *dst, uint64_t dst_cap,
@@ -98,9 +100,11 @@ int fastvip_decode_region(const uint8_t *src, uint64_t src_len, uint8_t *dst, ui
     info[2] = c0 - (int64_t)xoff;
     info[3] = sh;
     info[4] = sw;
+    if (r1 == sh) jpeg_finish_decompress(&cinfo); /* nothing left to decode but the markers */
+    info[5] = err.pub.num_warnings;
 
 done:
-    /* abort, not finish: the rows below the crop are never entropy-decoded */
+    /* abort, not finish, otherwise: the rows below the crop are never entropy-decoded */
     jpeg_abort_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
     return status;

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fastvip.errors import FastvipError
+from fastvip.data.checksum import image_sums
 from fastvip.data.packed import image_records, open_packed
 
 from fastvip.recipe import AUGMENTS
@@ -35,10 +36,14 @@ from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_s
 
 
 class BatchSource:
-    """Picklable batch callable: ``(epoch, batch) -> (jpegs, anchors, shapes, mirror, labels)``."""
+    """Picklable batch callable: ``(epoch, batch) -> (jpegs, anchors, shapes, mirror, labels, damaged)``.
+
+    ``sums``: (checksums, seeds) of every sample, or None for a file without them. A sample whose
+    bytes do not match is replaced by a blank JPEG of its size and named in ``damaged`` (its
+    index; -1 for sound samples), which stays on the host for the loader to act on."""
 
     def __init__(self, path, ptrs, sizes, heights, widths, labels, indices, *, train, batch_size, seed,
-                 rank, world, base_epoch, crop_scale, eval_crop, views=1, pk=0, start_batch=0):
+                 rank, world, base_epoch, crop_scale, eval_crop, views=1, pk=0, start_batch=0, sums=None):
         self.path, self.ptrs, self.sizes = os.fspath(path), ptrs, sizes
         self.heights, self.widths, self.labels, self.indices = heights, widths, labels, indices
         self.train, self.batch_size, self.seed = train, batch_size, seed
@@ -46,6 +51,7 @@ class BatchSource:
         self.crop_scale, self.eval_crop = crop_scale, eval_crop
         self.views, self.pk = views, pk
         self.start_batch = start_batch  # the first pass starts there (a run resumed mid-epoch)
+        self.sums = sums
         self._data = None
         self._order = (None, None)  # (epoch, this rank's samples): computed once per epoch
 
@@ -77,12 +83,32 @@ class BatchSource:
                               for k in keys])
         mirror = (np.concatenate([flip_mask(k, idx) for k in keys]) if self.train
                   else np.zeros(len(idx), bool))
-        idx = np.tile(idx, self.views)
-        jpegs = [np.array(self._data[self.ptrs[i]:self.ptrs[i] + self.sizes[i]]) for i in idx]
+        damaged = np.full(len(idx), -1, np.int64)
+        if self.sums is not None:
+            sums = image_sums(self._data, self.ptrs[idx], self.sizes[idx], self.sums[1][idx], workers=1)
+            bad = sums != self.sums[0][idx]
+            damaged[bad] = idx[bad]
+        idx, damaged = np.tile(idx, self.views), np.tile(damaged, self.views)
+        jpegs = [np.array(self._data[self.ptrs[i]:self.ptrs[i] + self.sizes[i]]) if d < 0
+                 else _blank_jpeg(int(self.heights[i]), int(self.widths[i])) for i, d in zip(idx, damaged)]
         anchors = [np.array([w[1], w[0]], np.float32) for w in win]   # (x, y)
         shapes = [np.array([w[3], w[2]], np.float32) for w in win]    # (w, h)
         return (jpegs, anchors, shapes, [np.array(m, np.int32) for m in mirror],
-                [np.array(self.labels[i], np.int64) for i in idx])
+                [np.array(self.labels[i], np.int64) for i in idx], [np.array(d, np.int64) for d in damaged])
+
+
+_BLANKS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _blank_jpeg(height: int, width: int) -> np.ndarray:
+    """A grey JPEG of ``height`` x ``width``: what a damaged sample's slot decodes before it is left out."""
+    if (height, width) not in _BLANKS:
+        import io
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.new("RGB", (width, height), (128, 128, 128)).save(buf, "JPEG")
+        _BLANKS[height, width] = np.frombuffer(buf.getvalue(), np.uint8)
+    return _BLANKS[height, width]
 
 
 class DALILoader(EpochState):
@@ -94,12 +120,13 @@ class DALILoader(EpochState):
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int, device: torch.device,
                  seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
                  crop_scale: tuple[float, float] = (0.08, 1.0), auto_augment: str = "none", views: int = 1,
-                 pk: int = 0, indices=None, source_workers: int = 0):
+                 pk: int = 0, indices=None, source_workers: int = 0, skip_damaged: bool = False):
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
             raise FastvipError("loader 'dali' needs NVIDIA DALI: pip install 'fastvip[dali]'") from None
         self.packed = open_packed(path)
+        self.skip_damaged = skip_damaged
         rec = image_records(path)
         if (rec.modes != 0).any():
             raise FastvipError(f"{path} stores raw pixels for {int((rec.modes != 0).sum())} images; "
@@ -117,7 +144,9 @@ class DALILoader(EpochState):
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices)
         self._source_args = (path, rec.ptrs, rec.sizes, rec.heights, rec.widths, self.packed.labels, all_idx)
         self._source_kw = dict(train=train, batch_size=local, seed=seed, rank=self.rank, world=self.world,
-                               crop_scale=crop_scale, eval_crop=eval_crop, views=self.views, pk=pk)
+                               crop_scale=crop_scale, eval_crop=eval_crop, views=self.views, pk=pk,
+                               sums=None if self.packed.checksums is None else
+                               (self.packed.checksums, self.packed.seeds))
         probe = BatchSource(*self._source_args, base_epoch=0, **self._source_kw)
         self.num_samples = len(probe.shard(0))
         self.epoch = 0
@@ -141,8 +170,8 @@ class DALILoader(EpochState):
                       py_num_workers=max(1, self.source_workers), py_start_method="spawn",
                       enable_conditionals=augment)
         def pipeline():
-            jpegs, anchor, shape, mirror, labels = fn.external_source(
-                source=source, num_outputs=5, batch=True, batch_info=True, parallel=parallel)
+            jpegs, anchor, shape, mirror, labels, damaged = fn.external_source(
+                source=source, num_outputs=6, batch=True, batch_info=True, parallel=parallel)
             images = fn.decoders.image_slice(jpegs, anchor, shape, device="mixed" if cuda else "cpu",
                                              output_type=types.RGB, axis_names="WH",
                                              normalized_anchor=False, normalized_shape=False)
@@ -150,7 +179,7 @@ class DALILoader(EpochState):
             if augment:  # per-sample policy, on the GPU with device="mixed"
                 images = _auto_augment(images, size, self.auto_augment)
             images = fn.crop_mirror_normalize(images, mirror=mirror, output_layout="CHW", dtype=types.UINT8)
-            return images, labels.gpu() if cuda else labels
+            return images, labels.gpu() if cuda else labels, damaged
 
         pipe = pipeline()
         if parallel:
@@ -168,11 +197,16 @@ class DALILoader(EpochState):
         try:
             while True:
                 try:
-                    images, labels = pipe.run()
+                    images, labels, damaged = pipe.run()
                 except StopIteration:
                     finished = True
                     break
-                yield _to_torch(images, self.device), _to_torch(labels, self.device)
+                images, labels = _to_torch(images, self.device), _to_torch(labels, self.device)
+                damaged = np.array(damaged.as_tensor()).reshape(-1)  # host side: no device sync
+                bad = damaged >= 0
+                if bad.any():
+                    images, labels = self.without_damaged(bad, damaged[bad], images, labels)
+                yield images, labels
         finally:
             if finished:
                 pipe.reset()

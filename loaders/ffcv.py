@@ -25,12 +25,13 @@ import warnings
 
 import numpy as np
 import torch
-from numba import objmode
+from numba import njit, objmode
 
+from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV: a cheap import
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader as _FFCVLoader
+from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
@@ -39,6 +40,7 @@ from fastvip.errors import FastvipError
 from fastvip.data.packed import open_packed
 
 from .jpeg import decode_region, resize
+from .native import imdecode, resize_crop, xxh3_seeded
 from .keyed import (DRAW_FLIP, EpochState, crop_window, default_workers, epoch_key, eval_shard, mirror_in_place,
                     process_batch, torch_threads, train_order, uniform, view_key)
 
@@ -48,7 +50,9 @@ warnings.filterwarnings("ignore", message=".*object mode won't allow parallel ex
 
 _KEYS: dict[int, np.uint64] = {}
 _SIZES: dict[int, int] = {}
+_CHECKS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 _TOKENS = itertools.count()
+_NO_CHECKS = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint8))
 
 
 def _current_key(token):
@@ -57,6 +61,17 @@ def _current_key(token):
 
 def _current_size(token):
     return _SIZES[token]
+
+
+def _current_checks(token):
+    return _CHECKS.get(token, _NO_CHECKS)
+
+
+def set_checks(token: int, packed, flags: np.ndarray) -> None:
+    """Make decoder ``token`` check every sample against ``packed``'s checksums before decoding it,
+    marking ``flags[sample] = 1`` (and decoding nothing) where one does not match."""
+    if packed.checksums is not None:
+        _CHECKS[token] = (np.ascontiguousarray(packed.checksums), np.ascontiguousarray(packed.seeds), flags)
 
 
 class KeyedCropDecoder(ResizedCropRGBImageDecoder):
@@ -106,84 +121,96 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
-        decode_region_c = Compiler.compile(decode_region)
-        resize_c = Compiler.compile(resize)
-        resize_crop_c = Compiler.compile(resize_crop)
         token, train, eval_crop = self.token, self.train, float(self.eval_crop)
         s_lo, s_hi = float(self.scale[0]), float(self.scale[1])
         r_lo, r_hi = float(np.log(self.ratio[0])), float(np.log(self.ratio[1]))
         views = int(self.views)
-        jpg = 0  # FFCV's IMAGE_MODES['jpg']
 
+        # the per-sample work is _keyed_sample, compiled once and cached on disk: this loop
+        # (FFCV compiles it for each loader) stays small
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
-            with objmode(key="uint64", size="int64"):
+            with objmode(key="uint64", size="int64", expected="uint64[::1]", seeds="uint64[::1]",
+                         flags="uint8[::1]"):
                 key = _current_key(token)
                 size = _current_size(token)
-            out_h, out_w = size, size
+                expected, seeds, flags = _current_checks(token)
+            check = len(expected) > 0
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
-                height, width = np.int64(field["height"]), np.int64(field["width"])
-                crops = np.empty((views, 4), dtype=np.int64)
-                num = 8  # DCT scale num/8: the smallest at which every crop still covers the output
-                for v in range(views):
-                    top, left, h, w = crop_window(height, width, view_key(key, v), source_ix, train,
-                                                  s_lo, s_hi, r_lo, r_hi, eval_crop)
-                    crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3] = top, left, h, w
-                    n = 8
-                    while n > 1 and h * (n // 2) >= 8 * out_h and w * (n // 2) >= 8 * out_w:
-                        n //= 2
-                    if v == 0 or n > num:
-                        num = n
-                # decode only the rows and columns the crops need (their union for two views)
-                top0, left0 = crops[0, 0], crops[0, 1]
-                bot0, right0 = top0 + crops[0, 2], left0 + crops[0, 3]
-                for v in range(1, views):
-                    top0, left0 = min(top0, crops[v, 0]), min(left0, crops[v, 1])
-                    bot0, right0 = max(bot0, crops[v, 0] + crops[v, 2]), max(right0, crops[v, 1] + crops[v, 3])
-                jpeg = field["mode"] == jpg
-                r_base, c_base = np.int64(0), np.int64(0)  # the decoded region's origin, scaled pixels
-                if jpeg:
-                    buf = temp_storage[dst_ix]
-                    info = np.zeros(5, dtype=np.int64)
-                    if decode_region_c(image_data, buf, top0, left0, bot0 - top0, right0 - left0, num, info) == 0:
-                        sh, sw = info[3], info[4]
-                        r_base, c_base = (top0 * num) // 8, (left0 * num) // 8 - info[2]
-                        image = buf[:info[0] * info[1] * 3].reshape(info[0], info[1], 3)
-                    else:  # libjpeg refused the region decode: decode it whole, as FFCV would
-                        sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
-                        imdecode_c(image_data, buf, height, width, height, width, 0, 0, num, 8, False, False)
-                        image = buf[:sh * sw * 3].reshape(sh, sw, 3)
-                else:
-                    image = image_data.reshape(height, width, 3)
-                # the views of this size, contiguous at the start of the sample's slot
-                slot = destination[dst_ix].reshape(destination[dst_ix].size)[:views * out_h * out_w * 3]
-                slot = slot.reshape(views * out_h, out_w, 3)
-                for v in range(views):
-                    top, left, h, w = crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3]
-                    out = slot[v * out_h:(v + 1) * out_h]
-                    mirror = train and uniform(view_key(key, v), source_ix, DRAW_FLIP) < 0.5
-                    if jpeg:
-                        r0, c0 = (top * num) // 8 - r_base, (left * num) // 8 - c_base
-                        r1 = min(sh, max(r0 + r_base + 1, ((top + h) * num) // 8)) - r_base
-                        c1 = min(sw, max(c0 + c_base + 1, ((left + w) * num) // 8)) - c_base
-                    else:
-                        r0, r1, c0, c1 = top, top + h, left, left + w
-                    if r1 - r0 >= out_h and c1 - c0 >= out_w:
-                        # shrinking: INTER_AREA's weights with the mirror folded in, 2-4x faster
-                        # than OpenCV's generic area resize (benchmarks/RESULTS.md)
-                        resize_c(image, r0, r1, c0, c1, out, mirror)
-                        continue
-                    resize_crop_c(image, r0, r1, c0, c1, out)  # growing: OpenCV's fast linear path
-                    if mirror:
-                        mirror_in_place(out)
+                if check and xxh3_seeded(image_data, seeds[source_ix]) != expected[source_ix]:
+                    flags[source_ix] = 1  # damaged: the loader leaves it out or stops
+                    continue
+                # train and views as plain values: literal arguments defeat numba's cache
+                _keyed_sample(image_data, np.int64(field["height"]), np.int64(field["width"]),
+                              field["mode"] == 0, source_ix, key, np.bool_(train), s_lo, s_hi, r_lo, r_hi,
+                              eval_crop, np.int64(views), size, temp_storage[dst_ix], destination[dst_ix])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
         return decode
+
+
+@njit(cache=True, nogil=True)
+def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, s_hi, r_lo, r_hi, eval_crop,
+                  views, size, buf, slot_out):
+    """One sample of :class:`KeyedCropDecoder`: its ``views`` keyed crops of ``size`` decoded
+    from the stored bytes (a JPEG, or raw pixels) into the start of its slot ``slot_out``."""
+    out_h, out_w = size, size
+    crops = np.empty((views, 4), dtype=np.int64)
+    num = 8  # DCT scale num/8: the smallest at which every crop still covers the output
+    for v in range(views):
+        top, left, h, w = crop_window(height, width, view_key(key, v), source_ix, train,
+                                      s_lo, s_hi, r_lo, r_hi, eval_crop)
+        crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3] = top, left, h, w
+        n = 8
+        while n > 1 and h * (n // 2) >= 8 * out_h and w * (n // 2) >= 8 * out_w:
+            n //= 2
+        if v == 0 or n > num:
+            num = n
+    # decode only the rows and columns the crops need (their union for two views)
+    top0, left0 = crops[0, 0], crops[0, 1]
+    bot0, right0 = top0 + crops[0, 2], left0 + crops[0, 3]
+    for v in range(1, views):
+        top0, left0 = min(top0, crops[v, 0]), min(left0, crops[v, 1])
+        bot0, right0 = max(bot0, crops[v, 0] + crops[v, 2]), max(right0, crops[v, 1] + crops[v, 3])
+    r_base, c_base = np.int64(0), np.int64(0)  # the decoded region's origin, scaled pixels
+    sh, sw = height, width
+    if jpeg:
+        info = np.zeros(6, dtype=np.int64)
+        if decode_region(image_data, buf, top0, left0, bot0 - top0, right0 - left0, num, info) == 0:
+            sh, sw = info[3], info[4]
+            r_base, c_base = (top0 * num) // 8, (left0 * num) // 8 - info[2]
+            image = buf[:info[0] * info[1] * 3].reshape(info[0], info[1], 3)
+        else:  # libjpeg refused the region decode: decode it whole, as FFCV would
+            sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
+            imdecode(image_data, buf, height, width, height, width, 0, 0, num, 8, False, False)
+            image = buf[:sh * sw * 3].reshape(sh, sw, 3)
+    else:
+        image = image_data.reshape(height, width, 3)
+    # the views of this size, contiguous at the start of the sample's slot
+    slot = slot_out.reshape(slot_out.size)[:views * out_h * out_w * 3]
+    slot = slot.reshape(views * out_h, out_w, 3)
+    for v in range(views):
+        top, left, h, w = crops[v, 0], crops[v, 1], crops[v, 2], crops[v, 3]
+        out = slot[v * out_h:(v + 1) * out_h]
+        mirror = train and uniform(view_key(key, v), source_ix, DRAW_FLIP) < 0.5
+        if jpeg:
+            r0, c0 = (top * num) // 8 - r_base, (left * num) // 8 - c_base
+            r1 = min(sh, max(r0 + r_base + 1, ((top + h) * num) // 8)) - r_base
+            c1 = min(sw, max(c0 + c_base + 1, ((left + w) * num) // 8)) - c_base
+        else:
+            r0, r1, c0, c1 = top, top + h, left, left + w
+        if r1 - r0 >= out_h and c1 - c0 >= out_w:
+            # shrinking: INTER_AREA's weights with the mirror folded in, 2-4x faster
+            # than OpenCV's generic area resize (benchmarks/RESULTS.md)
+            resize(image, r0, r1, c0, c1, out, mirror)
+            continue
+        resize_crop(image, r0, r1, c0, c1, out)  # growing: OpenCV's fast linear path
+        if mirror:
+            mirror_in_place(out)
 
 
 class CanvasDecoder(ResizedCropRGBImageDecoder):
@@ -193,6 +220,7 @@ class CanvasDecoder(ResizedCropRGBImageDecoder):
 
     def __init__(self):
         super().__init__((0, 0))
+        self.token = next(_TOKENS)
 
     def declare_state_and_memory(self, previous_state):
         from dataclasses import replace
@@ -209,26 +237,38 @@ class CanvasDecoder(ResizedCropRGBImageDecoder):
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
+        token = self.token
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
+            with objmode(expected="uint64[::1]", seeds="uint64[::1]", flags="uint8[::1]"):
+                expected, seeds, flags = _current_checks(token)
+            check = len(expected) > 0
             for dst_ix in my_range(len(batch_indices)):
-                field = metadata[batch_indices[dst_ix]]
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
-                height, width = np.int64(field["height"]), np.int64(field["width"])
                 out = destination[dst_ix]
                 out[:] = 0
-                if field["mode"] == 0:  # jpg
-                    buf = temp_storage[dst_ix]
-                    imdecode_c(image_data, buf, height, width, height, width, 0, 0, 1, 1, False, False)
-                    out[:height, :width] = buf[:3 * height * width].reshape(height, width, 3)
-                else:
-                    out[:height, :width] = image_data.reshape(height, width, 3)
+                if check and xxh3_seeded(image_data, seeds[source_ix]) != expected[source_ix]:
+                    flags[source_ix] = 1
+                    continue
+                _canvas_sample(image_data, np.int64(field["height"]), np.int64(field["width"]), field["mode"] == 0,
+                               temp_storage[dst_ix], out)
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
         return decode
+
+
+@njit(cache=True, nogil=True)
+def _canvas_sample(image_data, height, width, jpeg, buf, out):
+    """One sample of :class:`CanvasDecoder`: the whole image in the top-left corner of ``out``."""
+    if jpeg:
+        imdecode(image_data, buf, height, width, height, width, 0, 0, 1, 1, False, False)
+        out[:height, :width] = buf[:3 * height * width].reshape(height, width, 3)
+    else:
+        out[:height, :width] = image_data.reshape(height, width, 3)
 
 
 class _Order(TraversalOrder):
@@ -262,6 +302,36 @@ class _Order(TraversalOrder):
         return self._cache[1][self.skip:]
 
 
+class _SlotSafeIterator(EpochIterator):
+    """FFCV's epoch iterator, waiting on the host before it refills a slot.
+
+    FFCV cycles through ``batches_ahead + 2`` slots. Before refilling one, its producer thread
+    makes the slot's CUDA stream wait for the consumer's work on the slot's last batch
+    (``event.wait()``: a wait on the GPU only). But the refill is a decode on the host into the
+    slot's pinned buffer, which that batch's host-to-device copy may still be reading when the
+    CPU runs ahead of the GPU, as it does with a step that reads nothing back. The event marks
+    the consumer's work on that batch, which waited for its copy: waiting for it on the host
+    (``event.synchronize()``) first leaves the buffer alone until the copy is done."""
+
+    def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        if cuda_event is not None:
+            cuda_event.synchronize()
+        return super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+
+
+class _Loader(_FFCVLoader):
+    """FFCV's ``Loader`` whose epochs run :class:`_SlotSafeIterator` (its ``__iter__`` otherwise)."""
+
+    def __iter__(self):
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        selected = order[:len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _SlotSafeIterator(self, selected)
+
+
 def _fits_in_ram(path) -> bool:
     try:
         import psutil
@@ -278,8 +348,9 @@ class FFCVLoader(EpochState):
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int,
                  device: torch.device, seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
                  crop_scale: tuple[float, float] = (0.08, 1.0), views: int = 1, pk: int = 0, indices=None,
-                 batches_ahead: int = 3, canvas: bool = False):
+                 batches_ahead: int = 3, canvas: bool = False, skip_damaged: bool = False):
         self.packed = open_packed(path)
+        self.skip_damaged = skip_damaged
         self.rank, self.world, local = process_batch(batch_size, train, pk)
         self.train, self.batch_size, self.device, self.seed = train, local, device, seed
         self.views = views if train else 1
@@ -292,6 +363,8 @@ class FFCVLoader(EpochState):
         else:
             self._decoder = KeyedCropDecoder((image_size, image_size), train=train, scale=crop_scale,
                                              eval_crop=eval_crop, views=self.views)
+        self._damaged = np.zeros(self.packed.num_samples, np.uint8)  # set by the decoder, read per batch
+        set_checks(self._decoder.token, self.packed, self._damaged)
         non_blocking = device.type == "cuda"
         pipelines = {
             "image": [self._decoder, ToTensor(), ToDevice(device, non_blocking=non_blocking),
@@ -306,7 +379,7 @@ class FFCVLoader(EpochState):
         if train and pk and self.packed.labels is None:
             raise FastvipError(f"P x K batches need labels; {path} is unlabelled")
         self._order = _Order(train, seed, local, self.world, self.rank, self.packed.labels, pk)
-        self._loader = _FFCVLoader(
+        self._loader = _Loader(
             os.fspath(path), batch_size=local, num_workers=workers or default_workers(),
             # The process cache with a random order reads whole pages; the OS cache is
             # better whenever the file fits in RAM (and is shared between processes).
@@ -333,10 +406,17 @@ class FFCVLoader(EpochState):
         self._order.skip = self.start_batch * self.batch_size
         try:
             it = iter(self._loader)
+            order = self._order.sample_order(self.epoch)  # what FFCV cuts its batches from, in order
         finally:  # the skip is for this pass only
             self._order.skip = self.start_batch = 0
+        checked = self.packed.checksums is not None
         try:
-            for images, labels in it:
+            for b, (images, labels) in enumerate(it):
+                if checked:
+                    idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                    bad = self._damaged[idx] != 0
+                    if bad.any():
+                        images, labels = self.without_damaged(bad, idx[bad], images, labels)
                 if size != self.image_size:
                     images = _view_size(images, self.views, size)
                 if self.views == 1:
@@ -372,3 +452,4 @@ def _stop(it) -> None:
             pass
         it.join(timeout=0.1)
     it.close()
+

@@ -10,7 +10,10 @@ composition, the loader or where a run was resumed. The functions are numba
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numba import njit
+
+from fastvip.errors import FastvipError
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -201,7 +204,6 @@ def torch_threads() -> int:
 def process_batch(batch_size: int, train: bool, pk: int = 0) -> tuple[int, int, int]:
     """(rank, world, this process's batch): a global train batch is split evenly over the
     processes (eval batches are per process); one-line errors when it cannot be."""
-    from fastvip.errors import FastvipError
     rank, world = dist_rank_world()
     if batch_size % world:
         raise FastvipError(f"batch_size {batch_size} is not divisible by the {world} processes")
@@ -265,7 +267,6 @@ def checked_size(requested: int | None, current: int, largest: int) -> int:
     ``current``); one-line error past ``largest``, the size the loader was built for."""
     if requested is None:
         return current
-    from fastvip.errors import FastvipError
     size = int(requested)
     if not 8 <= size <= largest:
         raise FastvipError(f"output size {size} is outside [8, {largest}]: build the loader with "
@@ -279,9 +280,27 @@ class EpochState:
     and ``image_size``. ``__len__`` counts the batches as DALI and the resident loader cut them;
     the FFCV loader asks FFCV's loader instead."""
 
+    skip_damaged = False  # leave damaged samples out (each reported) instead of stopping
+    damaged_skipped = 0  # damaged samples left out of this loader's batches so far
+
     @property
     def classes(self) -> list[str]:
         return self.packed.classes
+
+    def without_damaged(self, bad_rows: np.ndarray, samples: np.ndarray, images: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch without its rows ``bad_rows`` (bool per row), those of the damaged samples
+        ``samples``, each reported; unless ``skip_damaged``, the one-line error naming them."""
+        from fastvip.data.packed import damaged_message, damaged_samples, skip_notice
+        samples = np.unique(samples)
+        if not self.skip_damaged:  # how many in all: one more pass over the file, on the way out only
+            every = damaged_samples(self.packed)
+            raise FastvipError(damaged_message(self.packed, every if len(every) else samples))
+        for i in samples:
+            skip_notice(self.packed, int(i))
+        self.damaged_skipped += len(samples)
+        keep = torch.from_numpy(np.flatnonzero(~bad_rows)).to(images.device)
+        return images.index_select(0, keep), labels.index_select(0, keep)
 
     def set_epoch(self, epoch: int, image_size: int | None = None, start_batch: int = 0) -> None:
         self.epoch = int(epoch)

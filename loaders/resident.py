@@ -51,7 +51,8 @@ from numba import njit
 from fastvip.errors import FastvipError
 from fastvip.data.packed import image_records, open_packed
 
-from .jpeg import resize as _area_resize
+from .jpeg import resize as area_resize
+from .native import imdecode, resize_crop
 from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, mirror_in_place,
                     process_batch, torch_threads, train_order, view_key)
 
@@ -61,20 +62,13 @@ _LOG_LO, _LOG_HI = float(np.log(3 / 4)), float(np.log(4 / 3))
 _CHUNK_BYTES = 128 << 20  # decode working set when the store is not host memory
 
 
-def _ffcv_kernels():
-    from ffcv.libffcv import imdecode, resize_crop
-    return njit(nogil=True)(imdecode), njit(nogil=True)(resize_crop)
-
-
-_imdecode, _linear_resize = _ffcv_kernels()
-_area = njit(nogil=True)(_area_resize)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
 def in_threads(work, n: int, workers: int) -> None:
     """``work(lo, hi)`` over ``workers`` contiguous slices of ``range(n)``, in threads: the
     compiled kernels release the GIL. (numba's own ``prange`` would compile for ~10 s in every
-    process, uncacheable because the kernels call C through ctypes.)"""
+    process: parallel code is not cached.)"""
     parts = max(1, min(workers, n))
     if parts == 1:
         work(0, n)
@@ -104,7 +98,7 @@ def store_bytes(heights: np.ndarray, widths: np.ndarray, longest: int) -> int:
     return int(h.sum()) * int(w.max()) * 3 if len(h) else 0
 
 
-@njit(nogil=True)
+@njit(cache=True, nogil=True)
 def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, status):
     """Decode image ``j`` into ``dst[row0[j]:row0[j]+th[j], :tw[j]]`` (shrunk when its stored size
     is smaller: DCT scale n/8, then area weights); ``status[j]`` = 0 or a decoder error code."""
@@ -118,18 +112,18 @@ def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, s
                 num //= 2
             sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
             buf = np.empty(height * width * 3, np.uint8)
-            status[j] = _imdecode(src, buf, height, width, height, width, 0, 0, num, 8, False, False)
+            status[j] = imdecode(src, buf, height, width, height, width, 0, 0, num, 8, False, False)
             image = buf[:sh * sw * 3].reshape(sh, sw, 3)
         else:  # raw pixels (files written by FFCV's own tools)
             sh, sw = height, width
             image = src[:sh * sw * 3].reshape(sh, sw, 3)
         if sh == th[j] and sw == tw[j]:
             out[:, :, :] = image
-        elif _area(image, 0, sh, 0, sw, out, False) != 0:
+        elif area_resize(image, 0, sh, 0, sw, out, False) != 0:
             status[j] = -3
 
 
-@njit(nogil=True)
+@njit(cache=True, nogil=True)
 def crop_resize(store, rows, wins, mirror, out):
     """CPU: ``out[i]`` = window ``wins[i]`` (top, left, h, w) of the image starting at store row
     ``rows[i]``, resized to ``out``'s size as the FFCV path resizes a decoded crop, mirrored."""
@@ -139,9 +133,9 @@ def crop_resize(store, rows, wins, mirror, out):
         image = store[rows[i] + top:rows[i] + top + h]  # whole stored rows, contiguous
         dst = out[i]
         if h >= size_h and w >= size_w:
-            _area(image, 0, h, left, left + w, dst, mirror[i])
+            area_resize(image, 0, h, left, left + w, dst, mirror[i])
             continue
-        _linear_resize(image, 0, h, left, left + w, dst)
+        resize_crop(image, 0, h, left, left + w, dst)
         if mirror[i]:
             mirror_in_place(dst)
 
@@ -199,14 +193,20 @@ def resize_batch(store: torch.Tensor, rows: torch.Tensor, wins: torch.Tensor, mi
 
 def _free_bytes(device: torch.device) -> tuple[int, int, str]:
     """(bytes the store may take, bytes free, what the margin is) on ``device``'s memory."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # half the card for the model, its activations and the allocator's cache
         free, total = torch.cuda.mem_get_info(device)
-        margin = max(total // 4, 8 * GiB)
+        margin = max(total // 2, 8 * GiB)
         return free - margin, free, f"{margin / GiB:.0f} GB kept for the model"
     import psutil
     avail = psutil.virtual_memory().available
     margin = max(avail // 5, GiB // 2)
     return avail - margin, avail, f"{margin / GiB:.1f} GB kept free"
+
+
+def pinned_bytes(n: int) -> int:
+    """What a pinned host block of ``n`` bytes really takes: PyTorch's caching host allocator
+    rounds every block up to a power of two (a 40 GB store holds 64 GB)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def _fit_hint(rec, keep, budget: int, packed_longest: int, storage: str) -> str:
@@ -250,7 +250,8 @@ class ResidentLoader(EpochState):
     def __init__(self, path, *, train: bool, batch_size: int, image_size: int, device: torch.device,
                  seed: int = 0, workers: int = 0, eval_crop: float = 0.875,
                  crop_scale: tuple[float, float] = (0.08, 1.0), views: int = 1, pk: int = 0, indices=None,
-                 resident_size: int = 0, console=None, backend: str = "auto", storage: str = "pixels"):
+                 resident_size: int = 0, console=None, backend: str = "auto", storage: str = "pixels",
+                 skip_damaged: bool = False):
         if resident_size < 0:
             raise FastvipError(f"resident_size must be >= 0 (0 = the packed size), not {resident_size}")
         if storage not in STORAGES:
@@ -276,10 +277,26 @@ class ResidentLoader(EpochState):
             raise FastvipError("the resident loader's kernel backend runs on the CPU; on CUDA use backend auto")
         all_idx = np.arange(self.packed.num_samples) if indices is None else np.asarray(indices, np.int64)
         self.indices = all_idx if train else eval_shard(all_idx, self.world, self.rank)
+        self.skip_damaged = skip_damaged
+        self.indices, self.left_out = self._screen(self.indices)
         self.num_samples = len(self._order(0)) if train else len(self.indices)
         self.heights, self.widths = self.packed.heights, self.packed.widths
         torch.set_num_threads(torch_threads())  # importing FFCV's kernels (module top) set it to 1
         self._load(path, resident_size, console)
+
+    def _screen(self, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """``indices`` without damaged samples (checked once, before the store is filled: the
+        store is what every epoch reads) and how many were left out; unless ``skip_damaged``,
+        a damaged sample is the one-line error naming it."""
+        from fastvip.data.packed import damaged_message, damaged_samples, skip_notice
+        bad = damaged_samples(self.packed, indices, self.workers)
+        if not len(bad):
+            return indices, 0
+        if not self.skip_damaged:
+            raise FastvipError(damaged_message(self.packed, bad))
+        for i in bad:
+            skip_notice(self.packed, int(i))
+        return indices[~np.isin(indices, bad)], len(bad)
 
     # -- the store
 
@@ -302,10 +319,14 @@ class ResidentLoader(EpochState):
         collective = self.train and self.world > 1
         on_device = self.device.type == "cuda" and plan["device"] and nbytes <= budget
         where = str(self.device) if on_device else "host"
+        budget_dev, margin_dev = budget, margin
         if where == "host" and self.device.type == "cuda":
             budget, free, margin = _free_bytes(torch.device("cpu"))
         shared = collective and local_world > 1 and where == "host"
-        per_machine = nbytes * (1 if shared or where != "host" else local_world)
+        pinned = where == "host" and self.device.type == "cuda" and plan["device"] and not shared
+        # PyTorch's pinned (caching host) allocator rounds a block up to a power of two: count that
+        held = pinned_bytes(nbytes) if pinned else nbytes
+        per_machine = held * (1 if shared or where != "host" else local_world)
         fits = not (where == "host" and per_machine > budget)
         if collective:  # every process learns that one does not fit, so none waits in a barrier
             from fastvip.distributed import agree
@@ -321,8 +342,16 @@ class ResidentLoader(EpochState):
         store, note, fill = self._allocate(where, plan["shape"], nbytes, shared, collective, path, plan["key"],
                                            pin=plan["device"])
         self.store_tensor = store
+        if self.device.type != "cuda":
+            why = ""
+        elif where != "host":
+            why = f"it fits the {_gb(budget)} the GPU allows ({_gb(free)} free, {margin})"
+        else:
+            why = (f"{_gb(nbytes)} exceed the {_gb(max(budget_dev, 0))} the GPU allows ({margin_dev})"
+                   if plan["device"] else "this storage is read from host memory")
         self.store = {"storage": self.storage, "where": where + note, "bytes": nbytes, "images": int(len(keep)),
-                      "resident_size": resident_size or packed_longest, **plan["info"]}
+                      "resident_size": resident_size or packed_longest, "why": why,
+                      "allocated": pinned_bytes(nbytes) if "pinned" in note else nbytes, **plan["info"]}
         failed = None
         if fill:
             try:
@@ -490,6 +519,7 @@ class ResidentLoader(EpochState):
         epoch, size = self.epoch, self.size
         order = self._order(epoch)[self.start_batch * self.batch_size:]
         self.start_batch = 0  # the skip is for this pass only
+        self.damaged_skipped += self.left_out  # left out of every pass
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
             if self.train and len(idx) < self.batch_size:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fastvip.console import Console
+from fastvip.data import ffcv_compat  # noqa: F401 - the cheap FFCV import, for the test modules that import it
 from fastvip.data.pack import pack
 
 REPO = Path(__file__).resolve().parents[1]

@@ -217,3 +217,28 @@ def test_gpu_check_without_a_gpu_reports_every_part_skipped(tmp_path, cpu_env):
                          cwd=REPO, env=cpu_env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "gpu_check: unknown part 'speed'; choose from correctness, throughput, jpeg, memory"]
+
+
+def test_gpu_check_without_ffcv_writes_a_complete_summary_with_reasons(tmp_path, cpu_env):
+    """The shell entry with ffcv unimportable (and no CUDA): every part is in the summary, skipped
+    with its reason; on a GPU machine without ffcv, the parts that read packed files say why."""
+    import importlib.util
+    shim = tmp_path / "shim" / "ffcv"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('ffcv hidden by the test')\n")
+    out = tmp_path / "out"
+    env = {**cpu_env, "PYTHONPATH": str(tmp_path / "shim"), "PYTHON": sys.executable}
+    p = subprocess.run(["bash", "tools/gpu_check.sh", "--out", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["machine"]["ffcv"] is False and "hidden by the test" in doc["machine"]["ffcv_error"]
+    assert list(doc["parts"]) == ["correctness", "throughput", "jpeg", "memory"]
+    assert all(r["status"] == "skipped" and r["reason"] for r in doc["parts"].values())
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    have = {**doc["machine"], "cuda": True}  # what the device machine has without the kit
+    for part in (gc.correctness, gc.throughput, gc.jpeg):
+        r = part(have, tmp_path, 1.0)
+        assert r["status"] == "skipped" and "ffcv is not importable (ffcv hidden by the test)" in r["reason"]

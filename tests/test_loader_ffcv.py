@@ -187,3 +187,52 @@ def test_output_size_follows_set_epoch_as_a_loader_built_at_that_size(colour_dat
     ev.set_epoch(0, image_size=16)
     ref = _loader(colour_data["val"], False, batch_size=10, image_size=16)
     assert torch.equal(torch.cat([x for x, _ in _epoch(ev)]), torch.cat([x for x, _ in _epoch(ref)]))
+
+
+def test_a_slot_is_refilled_only_after_its_last_copy_is_done(colour_data, monkeypatch):
+    """FFCV reuses ``batches_ahead + 2`` slots and, on CUDA, only makes the GPU wait before one is
+    refilled; the refill is a host decode into the slot's pinned buffer, which the last copy from
+    it may still be reading. With a consumer slower than the producer (every slot reused), each
+    refill must find its slot's event waited for on the host. CUDA's streams and events are
+    stand-ins here: the order of host calls is what is checked."""
+    import time
+
+    import ffcv.loader.epoch_iterator as ei
+
+    class Event:
+        def __init__(self):
+            self.synced = False
+
+        def record(self, stream=None):
+            pass
+
+        def wait(self, stream=None):
+            pass
+
+        def synchronize(self):
+            self.synced = True
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(ei, "IS_CUDA", True)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
+    refills = []
+    base = ei.EpochIterator.run_pipeline
+
+    def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        refills.append(cuda_event)  # what the slot's decode finds
+        return base(self, b_ix, batch_indices, batch_slot, cuda_event)
+    monkeypatch.setattr(ei.EpochIterator, "run_pipeline", run_pipeline)
+    from fastvip.loaders.ffcv import FFCVLoader
+    loader = FFCVLoader(colour_data["val"], train=False, batch_size=4, image_size=16, device=torch.device("cpu"),
+                        workers=1, batches_ahead=1)
+    for _ in loader:
+        time.sleep(0.02)  # slower than the producer: it fills every slot and waits for one
+    reused = refills[loader._loader.batches_ahead + 2:]
+    assert len(reused) >= 6 and all(e is not None for e in reused)
+    assert all(e.synced for e in reused), "a slot was refilled before its last copy was waited for"

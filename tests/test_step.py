@@ -51,9 +51,10 @@ class _Poisoned(torch.nn.Module):
 
 
 def test_two_nonfinite_steps_first_leave_momentum_as_a_fresh_start():
-    """Steps 0 and 1 both NaN with fused SGD (skipped on the device where it can be): no skipped
-    step may create momentum buffers (a fused kernel told to skip leaves them ``empty_like``), so
-    step 2 moves weights and momentum exactly as a fresh optimiser's first step would."""
+    """Steps 0 and 1 both NaN with fused SGD, skipped on the device: the momentum buffers exist
+    from the start as zeros (a fused kernel told to skip a first step would leave buffers it made
+    with ``empty_like`` unset), stay zero, and step 2 moves weights and momentum exactly as a
+    fresh optimiser's first step would."""
     recipe = _recipe(optimizer="sgd", optimizer_impl="fused", momentum=0.9)
     torch.manual_seed(0)
     t = build_trainer(recipe, CPU, 4)
@@ -61,8 +62,9 @@ def test_two_nonfinite_steps_first_leave_momentum_as_a_fresh_start():
     forward = _Poisoned(t.model, bad_calls={0, 1})
     for step in (0, 1):
         terms = train_step(forward, t.optimizer, t.scaler, [_batch(step)], t.ctx, step)
-        assert terms is None or float(terms["nonfinite"]) == 1.0
-        assert not t.optimizer.state, f"step {step} was skipped but created optimiser state"
+        assert float(terms["nonfinite"]) == 1.0  # skipped on the device, not on the host
+        assert all(not torch.count_nonzero(st["momentum_buffer"]) for st in t.optimizer.state.values()), \
+            f"step {step} was skipped but changed the momentum"
     terms = train_step(forward, t.optimizer, t.scaler, [_batch(2)], t.ctx, 2)
     assert terms is not None and float(terms.get("nonfinite", 0)) == 0.0
     torch.manual_seed(0)
@@ -96,3 +98,36 @@ def test_resume_in_another_memory_format_gives_buffers_their_parameters_strides(
     for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert any("written channels-last on" in line for line in log), log
+
+
+def _state(optimizer, model):
+    return [p.detach().clone() for p in model.parameters()] + [
+        v.clone() for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+
+
+def test_masked_step_skips_exactly_or_steps_exactly():
+    """The device-side skip of optimisers without a fused kernel (RMSpropTF, foreach SGD): a
+    flagged step leaves every weight and state tensor bit for bit as it was, even with NaN
+    gradients; an unflagged one equals the plain step."""
+    from fastvip.train.step import masked_step
+    for opt in ("rmsproptf", "sgd"):
+        recipe = _recipe(optimizer=opt, optimizer_impl="foreach", momentum=0.9, weight_decay=1e-4)
+        torch.manual_seed(0)
+        t, ref = build_trainer(recipe, CPU, 4), None
+        train_step(t.forward, t.optimizer, t.scaler, [_batch(0)], t.ctx, 0)  # the state exists
+        torch.manual_seed(0)
+        ref = build_trainer(recipe, CPU, 4)
+        train_step(ref.forward, ref.optimizer, ref.scaler, [_batch(0)], ref.ctx, 0)
+        before = _state(t.optimizer, t.model)
+        for p in t.model.parameters():
+            p.grad = torch.full_like(p, float("nan"))
+        masked_step(t.optimizer, torch.ones(1))
+        assert all(torch.equal(a, b) for a, b in zip(before, _state(t.optimizer, t.model))), opt
+        for m in (t.model, ref.model):
+            for p in m.parameters():
+                p.grad = torch.linspace(-1, 1, p.numel()).view_as(p).clone()
+        masked_step(t.optimizer, torch.zeros(1))
+        ref.optimizer.step()
+        after, expected = _state(t.optimizer, t.model), _state(ref.optimizer, ref.model)
+        assert not all(torch.equal(a, b) for a, b in zip(before, after)), f"{opt}: the step changed nothing"
+        assert all(torch.equal(a, b) for a, b in zip(after, expected)), opt

@@ -14,7 +14,8 @@ import numpy as np
 
 from fastvip.console import Console
 from fastvip.data.pack import temp_files, write_beton
-from fastvip.data.packed import (FORMAT, PackedFile, check_label_indices, commit_with_sidecar, entry_for,
+from fastvip.data.packed import (FORMAT, PackedFile, check_label_indices, commit_with_sidecar, damaged_message,
+                                 damaged_samples, entry_for,
                                  fingerprint, image_records, open_packed)
 from fastvip.errors import FastvipError
 
@@ -43,6 +44,10 @@ def merge(files: list, *, console: Console | None = None) -> Path:
     current = entry_for(out)
     if current is not None and current.get("merged_from") == sources:
         return out
+    for p in packed:  # a merge writes fresh checksums: it must not copy damage under them
+        bad = damaged_samples(p)
+        if len(bad):
+            raise FastvipError(damaged_message(p, bad, fix="a merge copies sound samples only"))
     t0 = time.perf_counter()
     with temp_files(out) as (spool, beton_tmp, child_log):
         try:

@@ -78,6 +78,7 @@ def _encode_prejpeg(self, destination, value, malloc):
 
 def ffcv_fields():
     """The fields of a fastvip ``.beton``; all stock FFCV types, so any FFCV reader opens it."""
+    from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV
     from ffcv.fields import BytesField, IntField, RGBImageField
     image = RGBImageField(write_mode="jpg")
     # Bound on the instance, not a subclass: FFCV records a field's type by exact class.
@@ -254,6 +255,7 @@ def _writer_child(path: Path, dataset, page: int, writers: int, done) -> None:
     """Child process: FFCV's writer, its workers watched; exits non-zero at the first failure."""
     import threading
     import traceback
+    from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV
     import ffcv.writer
     from ffcv.writer import DatasetWriter
 

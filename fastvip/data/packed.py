@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fastvip import atomic
+from fastvip.data import checksum
 from fastvip.console import printable
 from fastvip.errors import FastvipError
 
@@ -67,6 +68,7 @@ def commit_with_sidecar(tmp: Path, out: Path, entry: dict) -> None:
     The sidecar lists the old and the new pack while the two files are swapped, so
     whichever .beton is on disk at a kill has its entry; then only the new one stays.
     """
+    entry = {**entry, "checksums": file_checksums(tmp)}
     previous = entry_for(out)
     atomic.write_json(meta_path(out), _sidecar([entry] + ([previous] if previous else [])))
     atomic.commit(tmp, out)
@@ -92,6 +94,15 @@ class PackedFile:
     widths: np.ndarray
     sidecar: bool = True
     fields: tuple[str, ...] = ("image", "label", "id")
+    checksums: np.ndarray | None = None  # per sample (:mod:`fastvip.data.checksum`); None: the file has none
+    _seeds: np.ndarray | None = None
+
+    @property
+    def seeds(self) -> np.ndarray:
+        """Each sample's checksum seed (label and id as stored), computed once."""
+        if self._seeds is None:
+            self._seeds = checksum.meta_seeds(self.labels, self.ids)
+        return self._seeds
 
     @property
     def num_samples(self) -> int:
@@ -117,9 +128,7 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
         raise FastvipError(f"cannot read {side}: {e}") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise FastvipError(f"{side} is not a {FORMAT} sidecar")
-    meta = entry_for(path)
-    if meta is None:
-        raise FastvipError(f"{path} does not match {side.name} (one of them was replaced); re-pack it")
+    meta = entry_for(path) or _damaged_entry(path, sidecar)
     reader = _reader(path)
     names = reader.field_names
     if not {"image", "label", "id"} <= set(names):
@@ -131,9 +140,119 @@ def open_packed(path: str | os.PathLike) -> PackedFile:
     image_md = md[f"f{names.index('image')}"]
     if len(labels) != meta["num_samples"]:
         raise FastvipError(f"{path} holds {len(labels)} samples but its sidecar says {meta['num_samples']}")
-    return PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids,
-                      image_md["height"].astype(np.int64), image_md["width"].astype(np.int64),
-                      fields=tuple(names))
+    packed = PackedFile(path, list(meta["classes"]), bool(meta["labelled"]), labels, ids,
+                        image_md["height"].astype(np.int64), image_md["width"].astype(np.int64),
+                        fields=tuple(names), checksums=_sample_sums(path, meta, len(labels)))
+    if packed.checksums is not None and checksum.tables_sum(path, reader) != meta["checksums"]["tables"]:
+        raise DamagedPacked(packed, "its header or tables (labels, sizes and places of the samples)")
+    return packed
+
+
+class DamagedPacked(FastvipError):
+    """A packed file whose header or tables fail their checksum; ``samples``: those it affects
+    (their label, id or place changed), as far as they can be told."""
+
+    def __init__(self, packed: PackedFile, what: str):
+        try:
+            self.samples = damaged_samples(packed)
+        except Exception:  # noqa: BLE001 - tables too damaged to tell samples apart
+            self.samples = np.zeros(0, np.int64)
+        self.packed = packed
+        named = ""
+        if len(self.samples):
+            i = int(self.samples[0])
+            named = (f"; it affects sample {i} (id {printable(packed.ids[i])})"
+                     + (f" and {len(self.samples) - 1} more" if len(self.samples) > 1 else ""))
+        super().__init__(f"{packed.path}: {what} are damaged: they do not match their checksum{named}; run "
+                         f"`fastvip verify {packed.path}`, then re-pack it")
+
+
+def _damaged_entry(path: Path, sidecar: dict) -> dict:
+    """The sidecar entry of a file whose identity (:func:`fingerprint`) no longer matches: the one
+    with checksums and the same size (damaged in place: the checksums say where), or an error
+    that says what happened (cut short, or replaced)."""
+    size = os.path.getsize(path)
+    entries = [e for e in sidecar.get("entries", []) if isinstance(e, dict)]
+    sized = [e for e in entries if isinstance(e.get("checksums"), dict) and "bytes" in e["checksums"]]
+    same = [e for e in sized if e["checksums"]["bytes"] == size]
+    if same:
+        return same[0]
+    longer = [e for e in sized if e["checksums"]["bytes"] > size]
+    if longer:
+        raise FastvipError(f"{path} is {size:,} bytes but was {longer[0]['checksums']['bytes']:,} when packed: it was "
+                           "cut short (copied while being written?); copy it again or re-pack it")
+    raise FastvipError(f"{path} does not match {meta_path(path).name} (one of them was replaced); re-pack it")
+
+
+def _sample_sums(path: Path, meta: dict, n: int) -> np.ndarray | None:
+    """The per-sample checksums of a sidecar entry; None, with one notice line, for a file
+    packed before fastvip wrote them."""
+    sums = meta.get("checksums")
+    if sums is None:
+        _notice_once(path, f"{path} carries no per-sample checksums (packed before fastvip wrote them), so "
+                           f"damaged samples go unnoticed; `fastvip verify --add-checksums {path}` adds them")
+        return None
+    try:
+        if not isinstance(sums["tables"], str):
+            raise TypeError("tables is not a string")
+        return checksum.decode(sums["samples"], n)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FastvipError(f"{meta_path(path)}: its checksums are unreadable ({e}); re-pack {path}") from None
+
+
+def file_checksums(path: str | os.PathLike) -> dict:
+    """The sidecar's ``checksums`` of a packed file as it is now: header and tables, and every sample."""
+    reader = _reader(Path(path))
+    names, md = reader.field_names, reader.metadata
+    labels = np.asarray(md[f"f{names.index('label')}"], dtype=np.int64)
+    ids = _read_ids(Path(path), reader, md[f"f{names.index('id')}"])
+    rec = image_records(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    sums = checksum.image_sums(data, rec.ptrs, rec.sizes, checksum.meta_seeds(labels, ids))
+    return {"algorithm": checksum.ALGORITHM, "bytes": os.path.getsize(path),
+            "tables": checksum.tables_sum(path, reader), "samples": checksum.encode(sums)}
+
+
+def add_checksums(path: str | os.PathLike) -> None:
+    """Add :func:`file_checksums` to the sidecar entry of a packed file that has none (atomic)."""
+    path = Path(path)
+    meta = entry_for(path)
+    if meta is None:
+        raise FastvipError(f"{path} does not match {meta_path(path).name}; re-pack it")
+    atomic.write_json(meta_path(path), _sidecar([{**meta, "checksums": file_checksums(path)}]))
+
+
+def damaged_samples(packed: PackedFile, indices=None, workers: int = 0) -> np.ndarray:
+    """The samples among ``indices`` (all by default) whose stored bytes, label or id no longer
+    match their checksum, sorted; empty for a file without checksums."""
+    idx = np.arange(packed.num_samples) if indices is None else np.unique(np.asarray(indices, np.int64))
+    if packed.checksums is None or not len(idx):
+        return idx[:0]
+    rec = image_records(packed.path)
+    data = np.memmap(packed.path, dtype=np.uint8, mode="r")
+    ptrs, sizes = rec.ptrs[idx], rec.sizes[idx]
+    inside = (ptrs >= 0) & (sizes >= 0) & (ptrs + sizes <= len(data))  # damaged tables can point anywhere
+    sums = checksum.image_sums(data, ptrs[inside], sizes[inside], packed.seeds[idx][inside], workers)
+    ok = np.zeros(len(idx), bool)
+    ok[inside] = sums == packed.checksums[idx][inside]
+    return idx[~ok]
+
+
+def damaged_message(packed: PackedFile, bad, *, all_known: bool = True,
+                    fix: str = "or set skip_damaged=true to leave damaged samples out") -> str:
+    """One line for damaged samples ``bad`` (indices): the file, the first sample's index and
+    id, how many, and the fix."""
+    bad = np.asarray(bad)
+    i = int(bad[0])
+    more = f" ({len(bad)} damaged samples in all)" if all_known and len(bad) > 1 else ""
+    return (f"{packed.path}: sample {i} (id {printable(packed.ids[i])}) is damaged: its bytes do not match their "
+            f"checksum{more}; run `fastvip verify {packed.path}`, then re-pack it ({fix})")
+
+
+def skip_notice(packed: PackedFile, i: int) -> None:
+    """The console line for one damaged sample left out (``skip_damaged``)."""
+    _warn(f"{packed.path}: sample {int(i)} (id {printable(packed.ids[int(i)])}) is damaged (checksum mismatch); "
+          "left out (skip_damaged)")
 
 
 @dataclass
@@ -154,14 +273,18 @@ def image_records(path: str | os.PathLike) -> ImageRecords:
     md = reader.metadata[f"f{reader.field_names.index('image')}"]
     # FFCV keeps no per-image byte count; its allocation table maps each pointer to a size
     table = np.sort(reader.alloc_table, order="ptr")
-    pos = np.searchsorted(table["ptr"], md["data_ptr"])
-    return ImageRecords(md["data_ptr"].astype(np.int64), table["size"][pos].astype(np.int64),
+    pos = np.minimum(np.searchsorted(table["ptr"], md["data_ptr"]), max(len(table) - 1, 0))
+    sizes = table["size"][pos].astype(np.int64) if len(table) else np.zeros(len(md), np.int64)
+    if len(table):  # a pointer the table does not hold (damaged tables): size -1
+        sizes[table["ptr"][pos] != md["data_ptr"]] = -1
+    return ImageRecords(md["data_ptr"].astype(np.int64), sizes,
                         md["mode"].astype(np.int64), md["height"].astype(np.int64), md["width"].astype(np.int64))
 
 
 def _reader(path: Path, why: str = ""):
     """FFCV's reader of ``path``; a one-line error for anything it cannot parse."""
     try:
+        from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV
         from ffcv.reader import Reader
         return Reader(os.fspath(path))
     except Exception as e:  # noqa: BLE001 - anything FFCV fails on is "not a packed file"
@@ -182,6 +305,7 @@ def _open_ffcv_written(path: Path, side: Path) -> PackedFile:
     indices, with a one-line warning. A file with fastvip's ``id`` BytesField was written by
     ``fastvip pack`` and lost its sidecar: refused, so the fingerprint check keeps protecting it.
     """
+    from fastvip.data import ffcv_compat  # noqa: F401 - before FFCV
     from ffcv.fields import BytesField, IntField, RGBImageField
     reader = _reader(path, f"has no {side.name} beside it and ")
     handlers = reader.handlers
@@ -204,14 +328,18 @@ def _open_ffcv_written(path: Path, side: Path) -> PackedFile:
         raise FastvipError(f"{path}: sample {int(labels.argmax())} has label {high}, too large for a class "
                            f"index (at most {MAX_INDEX_CLASSES - 1})")
     image_md = reader.metadata[f"f{names.index('image')}"]
-    key = os.fspath(path.resolve())
-    if key not in _WARNED:  # loaders, merge and predict each open the file; say it once
-        _WARNED.add(key)
-        _warn(f"{path} has no {side.name} (written by FFCV's own tools?): class names are its label "
-              f"indices 0..{high}, ids its sample indices")
+    _notice_once(path, f"{path} has no {side.name} (written by FFCV's own tools?): class names are its label "
+                       f"indices 0..{high}, ids its sample indices; it carries no per-sample checksums")
     return PackedFile(path, [str(c) for c in range(high + 1)], True, labels,
                       [str(i) for i in range(len(labels))], image_md["height"].astype(np.int64),
                       image_md["width"].astype(np.int64), sidecar=False, fields=tuple(names))
+
+
+def _notice_once(path: Path, message: str) -> None:
+    key = os.fspath(path.resolve())
+    if key not in _WARNED:  # loaders, merge and predict each open the file; say it once
+        _WARNED.add(key)
+        _warn(message)
 
 
 def _warn(message: str) -> None:

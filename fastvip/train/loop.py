@@ -148,7 +148,7 @@ def build_data(recipe: Recipe, device: torch.device, ddp: distributed.Dist, cons
     common = {"device": device, "seed": recipe.seed, "workers": recipe.workers,
               "eval_crop": recipe.eval_crop, "crop_scale": (recipe.crop_scale_min, 1.0),
               "resident_size": recipe.resident_size, "resident_storage": recipe.resident_storage,
-              "console": console}
+              "skip_damaged": recipe.skip_damaged, "console": console}
     train = build_loader(recipe.loader, files[0], train=True, batch_size=recipe.batch_size // recipe.grad_accum,
                          image_size=max_train_resolution(recipe), auto_augment=recipe.auto_augment,
                          views=recipe.views, pk=recipe.pk_samples, **common)
@@ -288,6 +288,7 @@ def finish_epoch(job: Job, epoch: int, size: int, tally: EpochTally) -> None:
         if job.data.val is not None and recipe_mod.validates(r, epoch):
             scores = validate(t, job.data.val, job.device)
             line.update(report.val_fields(scores))
+        line["damaged_skipped"] = take_damaged_skipped(job.data, ddp.world, job.device)
         line.update(lr=job.schedule.lr(st.step - 1), img_per_s=st.rates[-1] * ddp.world,
                     epoch_time_s=tally.seconds(), time=time.time())  # wall clock: benchmarks place epochs in time
         improved = report.update_scores(st, scores, r.shipped_weights(), epoch + 1, job.data.val is None)
@@ -302,6 +303,20 @@ def finish_epoch(job: Job, epoch: int, size: int, tally: EpochTally) -> None:
             metrics_log.append(job.metrics, line)
             job.board.epoch(line)
     job.console.log(report.epoch_text(line, r.epochs))
+
+
+def take_damaged_skipped(data: Data, world: int, device: torch.device) -> int:
+    """Damaged samples the loaders left out (``skip_damaged``) since the last call, all processes."""
+    n = 0
+    for loader in (data.train, data.val):
+        if loader is not None:
+            n += getattr(loader, "damaged_skipped", 0)
+            loader.damaged_skipped = 0
+    if world > 1:
+        total = torch.tensor(float(n), device=device)
+        torch.distributed.all_reduce(total)
+        n = int(total.item())  # once an epoch
+    return n
 
 
 def validate(trainer: Trainer, val_loader, device: torch.device) -> dict:

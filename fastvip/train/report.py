@@ -43,8 +43,12 @@ def start(job, resumed: bool) -> None:
                     f"{data.steps} steps/epoch, loader {r.loader}"
                     + (f", resumed after epoch {job.state.epoch}" if resumed else ""))
     for name, st in (where or {}).items():
+        held = st.get("allocated", st["bytes"])
         job.console.log(f"run: {name} images resident ({st.get('storage', 'pixels')}) in {st['where']}: {st['bytes'] / 2**20:,.1f} MiB "
-                        f"({st['images']} images, longest side {st['resident_size']} px)")
+                        + (f"({held / 2**20:,.1f} MiB allocated: pinned blocks are rounded up to a power of two) "
+                           if held != st["bytes"] else "")
+                        + f"({st['images']} images, longest side {st['resident_size']} px)"
+                        + (f"; {st['why']}" if st.get("why") else ""))
     job.console.log(f"run: channels-last {'on' if t.channels_last else 'off'} ({t.channels_last_why}), "
                     f"optimizer {r.optimizer} ({impl})")
 

@@ -20,7 +20,7 @@ from fastvip.train.state import RunState, rng_state
 
 # where the run lives, whether it also logs to TensorBoard and how often it checkpoints do not
 # change its results: a resume may change them
-RESUME_MAY_CHANGE = ("out", "tensorboard", "checkpoint_minutes")
+RESUME_MAY_CHANGE = ("out", "tensorboard", "checkpoint_minutes", "skip_damaged")
 
 
 def open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, console: Console, write: bool = True) -> dict | None:

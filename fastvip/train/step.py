@@ -93,18 +93,22 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     Returns the (weighted) loss terms and ``train_loss``, averaged over the micro-batches.
     A NaN/inf loss skips the step on every process, one of two ways:
 
-    - ``ctx.skip_on_device`` (a fused optimiser, no GradScaler) once the optimiser has state:
-      nothing is read back. The step runs with the fused kernel's ``found_inf`` set from the
-      losses (agreed over processes by an all-reduce on the device), so it changes no weight
-      or optimiser state; the returned terms carry ``nonfinite`` (0/1, on the device; the
-      other terms are 0 when it is 1) for the caller to count at its own read interval.
+    - ``ctx.skip_on_device`` (:func:`skips_on_device`): nothing is read back. The flag (agreed
+      over processes by an all-reduce on the device) reaches the step as a fused kernel's
+      ``found_inf``, through GradScaler's (fp16), or through :func:`masked_step` (optimisers
+      without a fused kernel, once they have state), so the step changes no weight or
+      optimiser state; the returned terms carry ``nonfinite`` (0/1, on the device; the other
+      terms are 0 when it is 1) for the caller to count at its own read interval.
     - otherwise: None, decided before any backward (one host read per micro-batch).
 
     With fp16, steps whose *gradients* overflow are GradScaler's business and are not counted.
     """
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, torch.Tensor] = {}
-    on_device = ctx.skip_on_device and not _creates_momentum(optimizer)
+    fused = bool(optimizer.defaults.get("fused"))
+    start_momentum(optimizer)
+    # a first step of an optimiser without a fused kernel creates its state: no snapshot to restore
+    on_device = ctx.skip_on_device and (fused or bool(optimizer.state))
     bad = None
     for i, (images, labels) in enumerate(micro_batches):
         x, targets, dominant = prepare_batch(images, labels, ctx, step, i)
@@ -144,11 +148,7 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
             totals[name] = totals.get(name, 0.0) + value.detach() / n
     if on_device:
         bad = distributed.all_reduce_max(bad)  # on the device: no process waits on its host
-        optimizer.found_inf = bad  # read by torch's fused kernels: 1 = change nothing
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.found_inf
+        _step_unless(optimizer, scaler, bad, fused)
         totals = {k: torch.where(bad > 0, torch.zeros_like(v), v) for k, v in totals.items()}
         totals["nonfinite"] = bad
         return totals
@@ -157,14 +157,68 @@ def train_step(forward, optimizer, scaler, micro_batches, ctx: StepContext, step
     return totals
 
 
-def _creates_momentum(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the next step creates SGD momentum buffers: a fused kernel told to skip that step
-    would leave them unset (``empty_like``), so such a step is decided on the host. Known from
-    the optimiser's state alone: the step count says nothing after skipped steps."""
-    return not optimizer.state and any(g.get("momentum", 0) for g in optimizer.param_groups)
+def _step_unless(optimizer, scaler, bad: torch.Tensor, fused: bool) -> None:
+    """The optimiser step, changing nothing where ``bad`` (a device flag) is 1, with no host read."""
+    if scaler.is_enabled():  # fp16: the loss's flag joins GradScaler's overflow check
+        scaler.unscale_(optimizer)
+        found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]  # noqa: SLF001
+        for f in found.values():
+            torch.maximum(f, bad.to(f.device), out=f)
+        if fused:  # GradScaler hands found_inf to the fused kernel without reading it
+            scaler.step(optimizer)
+        else:  # GradScaler would read found_inf on the host to decide
+            masked_step(optimizer, torch.stack([f.to(bad.device) for f in found.values()]).amax())
+        scaler.update()  # backs the scale off on any flagged step, as for an overflow
+    elif fused:
+        optimizer.found_inf = bad  # read by torch's fused kernels: 1 = change nothing
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    else:
+        masked_step(optimizer, bad)
+
+
+def masked_step(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """``optimizer.step()``, then every parameter and state tensor put back as it was when ``bad``
+    (a one-element device tensor) is 1: a skipped step decided on the device, for optimisers
+    without a fused kernel (RMSpropTF). The tensors are snapshotted flat, one ``cat`` per dtype,
+    and selected with one ``where``: a handful of kernels whatever the number of parameters,
+    exact in both cases (a NaN step's values are never mixed in). Needs the optimiser's state
+    to exist (not its first step) and to be updated in place, as torch's and timm's are.
+    Tensors on another device than ``bad`` are left as stepped: the step counters torch and timm
+    keep on the CPU (restoring them would read ``bad`` on the host); RMSpropTF's update never
+    reads its counter."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    tensors = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    for t in (t for t in tensors if t.device == bad.device):
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    with torch.no_grad():
+        saved = {k: torch.cat([t.reshape(-1) for t in ts]) for k, ts in groups.items()}
+    optimizer.step()
+    with torch.no_grad():
+        for k, ts in groups.items():
+            kept = torch.where(bad > 0, saved[k], torch.cat([t.reshape(-1) for t in ts]))
+            torch._foreach_copy_(ts, [c.view(t.shape) for c, t in zip(kept.split([t.numel() for t in ts]), ts)])
+
+
+def start_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """SGD's momentum buffers as zeros before its first step (dampening 0: the same update as
+    torch's first step, which copies the gradient in). A fused kernel told to skip that first
+    step would otherwise leave the buffers it made with ``empty_like`` unset for good."""
+    if optimizer.state or not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) and not group.get("dampening", 0):
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def skips_on_device(recipe: Recipe, device: torch.device, amp) -> bool:
-    """Whether a NaN/inf step can be skipped without a host read (see :func:`train_step`):
-    a fused optimiser (its kernels take ``found_inf``) and no fp16 GradScaler."""
+    """Whether a NaN/inf step is skipped without a host read (see :func:`train_step`): always on
+    CUDA, where a host read stalls the queue of kernels; on the CPU, where it costs nothing,
+    with a fused optimiser and no fp16 GradScaler only."""
+    if device.type == "cuda":
+        return True
     return optimizer_impl(recipe, device) == "fused" and amp != torch.float16
