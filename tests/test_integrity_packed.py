@@ -204,3 +204,22 @@ def test_checksum_of_the_numba_path_equals_the_python_one():
     import xxhash
     assert got[0] == xxhash.xxh3_64_intdigest(data[3:503].tobytes(), seed=1)
     assert got[1] == xxhash.xxh3_64_intdigest(data[1000:8000].tobytes(), seed=2**63 + 5)
+
+
+def test_a_run_stops_on_a_damaged_sample_or_skips_and_counts_it(colour_data, tmp_path):
+    """``fastvip run`` on a damaged train file: one-line error naming the sample before anything
+    is trained on it; with ``skip_damaged`` the run finishes and every epoch line counts it."""
+    from fastvip.console import Console
+    from fastvip.recipe import Recipe
+    from fastvip.train import run
+    train = _copy(colour_data["train"], tmp_path / "train.beton")
+    packed = open_packed(train)
+    _damage(train, "image", sample=5)
+    recipe = Recipe(model="test_resnet", train_data=str(train), val_data=str(colour_data["val"]), image_size=16,
+                    epochs=2, batch_size=16, workers=1, loader="resident").validate()
+    with pytest.raises(FastvipError, match=rf"sample 5 \(id {packed.ids[5]}\) is damaged"):
+        run(recipe, tmp_path / "stop", console=Console(quiet=True))
+    import dataclasses
+    run(dataclasses.replace(recipe, skip_damaged=True), tmp_path / "skip", console=Console(quiet=True))
+    lines = [json.loads(l) for l in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["damaged_skipped"] for l in lines if l["event"] == "epoch"] == [1, 1]
