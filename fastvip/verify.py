@@ -99,7 +99,7 @@ def verify_packed(path: Path, report: Report, *, decode: bool = False, console: 
     against its checksum and, with ``decode``, every image decodes whole without libjpeg's
     warnings. One problem line per damaged sample, with its index and its id as stored."""
     from fastvip.console import printable
-    from fastvip.data.packed import add_checksums as add, damaged_samples, image_records, open_packed
+    from fastvip.data.packed import add_checksums as add, damaged_samples, open_packed
     console = console or Console(quiet=True)
     report.checked.append(str(path))
     try:
@@ -123,7 +123,7 @@ def verify_packed(path: Path, report: Report, *, decode: bool = False, console: 
                     bar.advance(hi - lo)
         problems = {i: "its bytes do not match their checksum" for i in bad}
         if decode:
-            problems.update(_decode_problems(path, packed, image_records(path), bad, console))
+            problems.update(_decode_problems(path, packed, bad, console))
     except FastvipError as e:
         report.problems.append(str(e))
         return
@@ -136,9 +136,10 @@ def verify_packed(path: Path, report: Report, *, decode: bool = False, console: 
 _CHUNK = 4096
 
 
-def _decode_problems(path: Path, packed, rec, skip: set, console: Console) -> dict[int, str]:
+def _decode_problems(path: Path, packed, skip: set, console: Console) -> dict[int, str]:
     """Every stored JPEG decoded whole (raw-pixel samples of FFCV-written files only checked for size)."""
     from fastvip.loaders.jpeg import decode_problem
+    rec = packed.records
     data = np.memmap(path, dtype=np.uint8, mode="r")
     found = {}
     with console.progress(f"decode {path.name}", packed.num_samples) as bar:

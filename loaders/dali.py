@@ -85,7 +85,7 @@ class BatchSource:
                   else np.zeros(len(idx), bool))
         damaged = np.full(len(idx), -1, np.int64)
         if self.sums is not None:
-            sums = image_sums(self._data, self.ptrs[idx], self.sizes[idx], self.sums[1][idx], workers=1)
+            sums = image_sums(self._data, self.ptrs[idx], self.sizes[idx], self.sums[1][idx])
             bad = sums != self.sums[0][idx]
             damaged[bad] = idx[bad]
         idx, damaged = np.tile(idx, self.views), np.tile(damaged, self.views)

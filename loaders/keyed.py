@@ -287,18 +287,24 @@ class EpochState:
     def classes(self) -> list[str]:
         return self.packed.classes
 
-    def without_damaged(self, bad_rows: np.ndarray, samples: np.ndarray, images: torch.Tensor,
-                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch without its rows ``bad_rows`` (bool per row), those of the damaged samples
-        ``samples``, each reported; unless ``skip_damaged``, the one-line error naming them."""
+    def leave_out(self, samples: np.ndarray, every: np.ndarray | None = None) -> int:
+        """Report damaged ``samples`` as left out (``skip_damaged``) and return how many; else the
+        one-line error naming them, counted in ``every`` (all the file's damaged samples) or, when
+        that is not known, found with one more pass over the file (on the way out only)."""
         from fastvip.data.packed import damaged_message, damaged_samples, skip_notice
         samples = np.unique(samples)
-        if not self.skip_damaged:  # how many in all: one more pass over the file, on the way out only
-            every = damaged_samples(self.packed)
+        if not self.skip_damaged:
+            every = damaged_samples(self.packed) if every is None else every
             raise FastvipError(damaged_message(self.packed, every if len(every) else samples))
         for i in samples:
             skip_notice(self.packed, int(i))
-        self.damaged_skipped += len(samples)
+        return len(samples)
+
+    def without_damaged(self, bad_rows: np.ndarray, samples: np.ndarray, images: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch without its rows ``bad_rows`` (bool per row), those of the damaged samples
+        ``samples`` (:meth:`leave_out`)."""
+        self.damaged_skipped += self.leave_out(samples)
         keep = torch.from_numpy(np.flatnonzero(~bad_rows)).to(images.device)
         return images.index_select(0, keep), labels.index_select(0, keep)
 

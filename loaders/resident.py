@@ -288,15 +288,11 @@ class ResidentLoader(EpochState):
         """``indices`` without damaged samples (checked once, before the store is filled: the
         store is what every epoch reads) and how many were left out; unless ``skip_damaged``,
         a damaged sample is the one-line error naming it."""
-        from fastvip.data.packed import damaged_message, damaged_samples, skip_notice
-        bad = damaged_samples(self.packed, indices, self.workers)
+        from fastvip.data.packed import damaged_samples
+        bad = damaged_samples(self.packed, indices)
         if not len(bad):
             return indices, 0
-        if not self.skip_damaged:
-            raise FastvipError(damaged_message(self.packed, bad))
-        for i in bad:
-            skip_notice(self.packed, int(i))
-        return indices[~np.isin(indices, bad)], len(bad)
+        return indices[~np.isin(indices, bad)], self.leave_out(bad, every=bad)
 
     # -- the store
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xxhash
@@ -37,25 +36,15 @@ def _sums(data: np.ndarray, ptrs, sizes, seeds, out) -> None:
         out[k] = digest(view[p:p + n], seed)
 
 
-def image_sums(data: np.ndarray, ptrs, sizes, seeds, workers: int = 1) -> np.ndarray:
+def image_sums(data: np.ndarray, ptrs, sizes, seeds) -> np.ndarray:
     """The checksums of samples whose image bytes lie at ``data[ptrs[k]:ptrs[k] + sizes[k]]``
-    (``data``: the whole file, memory-mapped), in ``workers`` threads (0: one per core, up to 8)."""
+    (``data``: the whole file, memory-mapped)."""
     ptrs, sizes = np.asarray(ptrs, np.int64), np.asarray(sizes, np.int64)
     seeds = np.asarray(seeds, np.uint64)
     out = np.empty(len(ptrs), np.uint64)
-    if not len(ptrs):
-        return out
-    if int((ptrs + sizes).max()) > len(data):
+    if len(ptrs) and int((ptrs + sizes).max()) > len(data):
         raise ValueError("a sample lies past the end of the file")
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers == 1 or len(ptrs) < 1024:
-        _sums(data, ptrs, sizes, seeds, out)
-        return out
-    bounds = np.linspace(0, len(ptrs), workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda lo_hi: _sums(data, ptrs[lo_hi[0]:lo_hi[1]], sizes[lo_hi[0]:lo_hi[1]],
-                                          seeds[lo_hi[0]:lo_hi[1]], out[lo_hi[0]:lo_hi[1]]),
-                      zip(bounds[:-1], bounds[1:])))
+    _sums(data, ptrs, sizes, seeds, out)
     return out
 
 

@@ -96,6 +96,7 @@ class PackedFile:
     fields: tuple[str, ...] = ("image", "label", "id")
     checksums: np.ndarray | None = None  # per sample (:mod:`fastvip.data.checksum`); None: the file has none
     _seeds: np.ndarray | None = None
+    _records: "ImageRecords | None" = None
 
     @property
     def seeds(self) -> np.ndarray:
@@ -103,6 +104,13 @@ class PackedFile:
         if self._seeds is None:
             self._seeds = checksum.meta_seeds(self.labels, self.ids)
         return self._seeds
+
+    @property
+    def records(self) -> "ImageRecords":
+        """Where each stored image lies (:func:`image_records`), read once."""
+        if self._records is None:
+            self._records = image_records(self.path)
+        return self._records
 
     @property
     def num_samples(self) -> int:
@@ -222,17 +230,17 @@ def add_checksums(path: str | os.PathLike) -> None:
     atomic.write_json(meta_path(path), _sidecar([{**meta, "checksums": file_checksums(path)}]))
 
 
-def damaged_samples(packed: PackedFile, indices=None, workers: int = 0) -> np.ndarray:
+def damaged_samples(packed: PackedFile, indices=None) -> np.ndarray:
     """The samples among ``indices`` (all by default) whose stored bytes, label or id no longer
     match their checksum, sorted; empty for a file without checksums."""
     idx = np.arange(packed.num_samples) if indices is None else np.unique(np.asarray(indices, np.int64))
     if packed.checksums is None or not len(idx):
         return idx[:0]
-    rec = image_records(packed.path)
+    rec = packed.records
     data = np.memmap(packed.path, dtype=np.uint8, mode="r")
     ptrs, sizes = rec.ptrs[idx], rec.sizes[idx]
     inside = (ptrs >= 0) & (sizes >= 0) & (ptrs + sizes <= len(data))  # damaged tables can point anywhere
-    sums = checksum.image_sums(data, ptrs[inside], sizes[inside], packed.seeds[idx][inside], workers)
+    sums = checksum.image_sums(data, ptrs[inside], sizes[inside], packed.seeds[idx][inside])
     ok = np.zeros(len(idx), bool)
     ok[inside] = sums == packed.checksums[idx][inside]
     return idx[~ok]

@@ -313,9 +313,7 @@ def take_damaged_skipped(data: Data, world: int, device: torch.device) -> int:
             n += getattr(loader, "damaged_skipped", 0)
             loader.damaged_skipped = 0
     if world > 1:
-        total = torch.tensor(float(n), device=device)
-        torch.distributed.all_reduce(total)
-        n = int(total.item())  # once an epoch
+        n = int(distributed.all_reduce_sum(torch.tensor(float(n), device=device)).item())  # once an epoch
     return n
 
 
