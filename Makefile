@@ -20,7 +20,7 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo.sh $(DEMO)
 
 test: setup
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=25 tests
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

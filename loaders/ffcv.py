@@ -67,10 +67,17 @@ def _current_checks(token):
     return _CHECKS.get(token, _NO_CHECKS)
 
 
+# what decoder flags say about a sample (0: sound)
+FLAG_CHECKSUM, FLAG_WARNED = 1, 2
+
+
 def set_checks(token: int, packed, flags: np.ndarray) -> None:
-    """Make decoder ``token`` check every sample against ``packed``'s checksums before decoding it,
-    marking ``flags[sample] = 1`` (and decoding nothing) where one does not match."""
-    if packed.checksums is not None:
+    """Make decoder ``token`` check every sample against ``packed``'s checksums (where it has them)
+    before decoding it, marking ``flags[sample] = FLAG_CHECKSUM`` (and decoding nothing) where one
+    does not match, and ``FLAG_WARNED`` where libjpeg warns decoding the sample's crop."""
+    if packed.checksums is None:
+        _CHECKS[token] = (_NO_CHECKS[0], _NO_CHECKS[1], flags)
+    else:
         _CHECKS[token] = (np.ascontiguousarray(packed.checksums), np.ascontiguousarray(packed.seeds), flags)
 
 
@@ -141,12 +148,13 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 if check and xxh3_seeded(image_data, seeds[source_ix]) != expected[source_ix]:
-                    flags[source_ix] = 1  # damaged: the loader leaves it out or stops
+                    flags[source_ix] = 1  # FLAG_CHECKSUM: the loader leaves it out or stops
                     continue
                 # train and views as plain values: literal arguments defeat numba's cache
-                _keyed_sample(image_data, np.int64(field["height"]), np.int64(field["width"]),
-                              field["mode"] == 0, source_ix, key, np.bool_(train), s_lo, s_hi, r_lo, r_hi,
-                              eval_crop, np.int64(views), size, temp_storage[dst_ix], destination[dst_ix])
+                if _keyed_sample(image_data, np.int64(field["height"]), np.int64(field["width"]),
+                                 field["mode"] == 0, source_ix, key, np.bool_(train), s_lo, s_hi, r_lo, r_hi,
+                                 eval_crop, np.int64(views), size, temp_storage[dst_ix], destination[dst_ix]):
+                    flags[source_ix] = 2  # FLAG_WARNED
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True
@@ -157,7 +165,8 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
 def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, s_hi, r_lo, r_hi, eval_crop,
                   views, size, buf, slot_out):
     """One sample of :class:`KeyedCropDecoder`: its ``views`` keyed crops of ``size`` decoded
-    from the stored bytes (a JPEG, or raw pixels) into the start of its slot ``slot_out``."""
+    from the stored bytes (a JPEG, or raw pixels) into the start of its slot ``slot_out``.
+    Returns libjpeg's warnings in the rows decoded (the last row's crop reads to the end marker)."""
     out_h, out_w = size, size
     crops = np.empty((views, 4), dtype=np.int64)
     num = 8  # DCT scale num/8: the smallest at which every crop still covers the output
@@ -178,8 +187,8 @@ def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, 
         bot0, right0 = max(bot0, crops[v, 0] + crops[v, 2]), max(right0, crops[v, 1] + crops[v, 3])
     r_base, c_base = np.int64(0), np.int64(0)  # the decoded region's origin, scaled pixels
     sh, sw = height, width
+    info = np.zeros(6, dtype=np.int64)
     if jpeg:
-        info = np.zeros(6, dtype=np.int64)
         if decode_region(image_data, buf, top0, left0, bot0 - top0, right0 - left0, num, info) == 0:
             sh, sw = info[3], info[4]
             r_base, c_base = (top0 * num) // 8, (left0 * num) // 8 - info[2]
@@ -211,6 +220,7 @@ def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, 
         resize_crop(image, r0, r1, c0, c1, out)  # growing: OpenCV's fast linear path
         if mirror:
             mirror_in_place(out)
+    return info[5]
 
 
 class CanvasDecoder(ResizedCropRGBImageDecoder):
@@ -396,6 +406,16 @@ class FFCVLoader(EpochState):
     def __len__(self) -> int:
         return len(self._loader)
 
+    def _without_flagged(self, flags: np.ndarray, idx: np.ndarray, images, labels):
+        """The batch without the rows of the samples its decode flagged (:func:`set_checks`)."""
+        from fastvip.data.packed import CHECKSUM_MISMATCH, JPEG_WARNED
+        for flag, why in ((FLAG_CHECKSUM, CHECKSUM_MISMATCH), (FLAG_WARNED, JPEG_WARNED)):
+            bad = flags == flag
+            if bad.any():
+                images, labels = self.without_damaged(bad, idx[bad], images, labels, why)
+                flags, idx = flags[~bad], idx[~bad]
+        return images, labels
+
     def __iter__(self):
         size = self.size
         if isinstance(self._decoder, KeyedCropDecoder):
@@ -409,14 +429,12 @@ class FFCVLoader(EpochState):
             order = self._order.sample_order(self.epoch)  # what FFCV cuts its batches from, in order
         finally:  # the skip is for this pass only
             self._order.skip = self.start_batch = 0
-        checked = self.packed.checksums is not None
         try:
             for b, (images, labels) in enumerate(it):
-                if checked:
-                    idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-                    bad = self._damaged[idx] != 0
-                    if bad.any():
-                        images, labels = self.without_damaged(bad, idx[bad], images, labels)
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                flags = self._damaged[idx]
+                if flags.any():
+                    images, labels = self._without_flagged(flags, idx, images, labels)
                 if size != self.image_size:
                     images = _view_size(images, self.views, size)
                 if self.views == 1:

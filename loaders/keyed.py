@@ -287,24 +287,28 @@ class EpochState:
     def classes(self) -> list[str]:
         return self.packed.classes
 
-    def leave_out(self, samples: np.ndarray, every: np.ndarray | None = None) -> int:
+    def leave_out(self, samples: np.ndarray, every: np.ndarray | None = None, why: str | None = None) -> int:
         """Report damaged ``samples`` as left out (``skip_damaged``) and return how many; else the
         one-line error naming them, counted in ``every`` (all the file's damaged samples) or, when
-        that is not known, found with one more pass over the file (on the way out only)."""
-        from fastvip.data.packed import damaged_message, damaged_samples, skip_notice
-        samples = np.unique(samples)
+        that is not known, found with one more pass over the file (on the way out only).
+        ``why`` (default: a checksum mismatch) says how they were found damaged; libjpeg's warnings
+        are found only in decoding, so no pass over the file counts those."""
+        from fastvip.data.packed import CHECKSUM_MISMATCH, damaged_message, damaged_samples, skip_notice
+        samples, why = np.unique(samples), why or CHECKSUM_MISMATCH
         if not self.skip_damaged:
-            every = damaged_samples(self.packed) if every is None else every
-            raise FastvipError(damaged_message(self.packed, every if len(every) else samples))
+            if every is None and why == CHECKSUM_MISMATCH:
+                every = damaged_samples(self.packed)
+            bad = every if every is not None and len(every) else samples
+            raise FastvipError(damaged_message(self.packed, bad, all_known=every is not None, why=why))
         for i in samples:
-            skip_notice(self.packed, int(i))
+            skip_notice(self.packed, int(i), why)
         return len(samples)
 
     def without_damaged(self, bad_rows: np.ndarray, samples: np.ndarray, images: torch.Tensor,
-                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        labels: torch.Tensor, why: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch without its rows ``bad_rows`` (bool per row), those of the damaged samples
-        ``samples`` (:meth:`leave_out`)."""
-        self.damaged_skipped += self.leave_out(samples)
+        ``samples`` (:meth:`leave_out`, ``why`` as there)."""
+        self.damaged_skipped += self.leave_out(samples, why=why)
         keep = torch.from_numpy(np.flatnonzero(~bad_rows)).to(images.device)
         return images.index_select(0, keep), labels.index_select(0, keep)
 

@@ -48,11 +48,12 @@ import numpy as np
 import torch
 from numba import njit
 
+from fastvip.console import printable
 from fastvip.errors import FastvipError
 from fastvip.data.packed import image_records, open_packed
 
-from .jpeg import resize as area_resize
-from .native import imdecode, resize_crop
+from .jpeg import decode_region, resize as area_resize
+from .native import resize_crop
 from .keyed import (EpochState, crop_windows, default_workers, epoch_key, eval_shard, flip_mask, mirror_in_place,
                     process_batch, torch_threads, train_order, view_key)
 
@@ -98,10 +99,15 @@ def store_bytes(heights: np.ndarray, widths: np.ndarray, longest: int) -> int:
     return int(h.sum()) * int(w.max()) * 3 if len(h) else 0
 
 
+WARNED = 1  # a _decode_into status: decoded, but libjpeg warned
+
+
 @njit(cache=True, nogil=True)
 def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, status):
     """Decode image ``j`` into ``dst[row0[j]:row0[j]+th[j], :tw[j]]`` (shrunk when its stored size
-    is smaller: DCT scale n/8, then area weights); ``status[j]`` = 0 or a decoder error code."""
+    is smaller: DCT scale n/8, then area weights); ``status[j]`` = 0, a (negative) decoder error
+    code, or ``WARNED`` when libjpeg warned decoding it."""
+    info = np.zeros(6, np.int64)
     for j in range(len(ptrs)):
         src = data[ptrs[j]:ptrs[j] + sizes[j]]
         height, width = heights[j], widths[j]
@@ -112,7 +118,10 @@ def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, s
                 num //= 2
             sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
             buf = np.empty(height * width * 3, np.uint8)
-            status[j] = imdecode(src, buf, height, width, height, width, 0, 0, num, 8, False, False)
+            # the whole image, through the decoder that counts libjpeg's warnings
+            status[j] = decode_region(src, buf, 0, 0, height, width, num, info)
+            if status[j] == 0 and info[5] > 0:
+                status[j] = WARNED
             image = buf[:sh * sw * 3].reshape(sh, sw, 3)
         else:  # raw pixels (files written by FFCV's own tools)
             sh, sw = height, width
@@ -121,6 +130,7 @@ def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, s
             out[:, :, :] = image
         elif area_resize(image, 0, sh, 0, sw, out, False) != 0:
             status[j] = -3
+
 
 
 @njit(cache=True, nogil=True)
@@ -282,7 +292,25 @@ class ResidentLoader(EpochState):
         self.num_samples = len(self._order(0)) if train else len(self.indices)
         self.heights, self.widths = self.packed.heights, self.packed.widths
         torch.set_num_threads(torch_threads())  # importing FFCV's kernels (module top) set it to 1
+        self._warned: list[int] = []  # samples libjpeg warned about while the store was filled
         self._load(path, resident_size, console)
+        self._leave_out_warned()
+
+    def _leave_out_warned(self) -> None:
+        """Leave out (or stop at) the samples libjpeg warned about while the store was filled:
+        damaged as a checksum mismatch is. Every process of a job learns of those another one
+        decoded (a shared store is filled by one process), so their batches stay in step."""
+        warned = torch.zeros(self.packed.num_samples, dtype=torch.int32)
+        warned[self._warned] = 1
+        if self.train and self.world > 1:
+            from fastvip.distributed import all_reduce_sum
+            warned = all_reduce_sum(warned.to(self.device)).cpu()
+        bad = np.flatnonzero(warned.numpy())
+        if len(bad):
+            from fastvip.data.packed import JPEG_WARNED
+            self.indices = self.indices[~np.isin(self.indices, bad)]
+            self.left_out += self.leave_out(bad, every=bad, why=JPEG_WARNED)
+            self.num_samples = len(self._order(0)) if self.train else len(self.indices)
 
     def _screen(self, indices: np.ndarray) -> tuple[np.ndarray, int]:
         """``indices`` without damaged samples (checked once, before the store is filled: the
@@ -432,10 +460,11 @@ class ResidentLoader(EpochState):
                 in_threads(lambda lo, hi: _decode_into(
                     data, rec.ptrs[j[lo:hi]], rec.sizes[j[lo:hi]], rec.modes[j[lo:hi]], rec.heights[j[lo:hi]],
                     rec.widths[j[lo:hi]], th[lo:hi], tw[lo:hi], row0[lo:hi], dst, status[lo:hi]), len(j), self.workers)
-                if status.any():
-                    bad = int(j[np.flatnonzero(status)[0]])
-                    raise FastvipError(f"resident loader: image {bad} ({self.packed.ids[bad]}) of {path} "
-                                       f"does not decode; re-pack the file")
+                if (status < 0).any():
+                    bad = int(j[np.flatnonzero(status < 0)[0]])
+                    raise FastvipError(f"resident loader: image {bad} ({printable(self.packed.ids[bad])}) of "
+                                       f"{path} does not decode; run `fastvip verify --decode {path}`, then re-pack it")
+                self._warned.extend(j[status == WARNED].tolist())
                 if not host:
                     store[self.row[j[0]]:self.row[j[0]] + n_rows].copy_(torch.from_numpy(dst))
                 bar.advance(len(j))

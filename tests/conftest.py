@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ from fastvip.data import ffcv_compat  # noqa: F401 - the cheap FFCV import, for 
 from fastvip.data.pack import pack
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` each worker (and every run it starts) keeps to one thread: two
+    # workers with two OpenMP threads each on a 2-core machine spin against each other.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 60)]
 
 
@@ -53,10 +60,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def colour_data(tmp_path_factory) -> dict:
-    """Packed train (4 x 24) and val (4 x 12) colour sets, plus an unlabelled test set."""
-    root = tmp_path_factory.mktemp("colour")
+def shared_dir(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills once per test session, under pytest-xdist too: the first
+    worker to ask builds it under a file lock, the others wait and read the same folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+    folder = tmp_path_factory.getbasetemp().parent / name  # the folder every worker's basetemp is in
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def _colour_sets(root: Path) -> None:
     quiet = Console(quiet=True)
     make_colour_tree(root / "src" / "train", 24, seed=1)
     make_colour_tree(root / "src" / "val", 12, seed=2)
@@ -64,12 +86,15 @@ def colour_data(tmp_path_factory) -> dict:
     for i in range(10):
         write_image(root / "src" / "test" / "imgs" / f"img_{i}.JPEG",
                     colour_image(rng, COLOURS[i % 4], 40, 40))
-    out = {}
     for split in ("train", "val", "test"):
-        out[split] = root / f"{split}.beton"
-        pack(root / "src" / split, out[split], workers=2, console=quiet)
-    out["root"] = root
-    return out
+        pack(root / "src" / split, root / f"{split}.beton", workers=2, console=quiet)
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> dict:
+    """Packed train (4 x 24) and val (4 x 12) colour sets, plus an unlabelled test set."""
+    root = shared_dir(tmp_path_factory, "colour", _colour_sets)
+    return {**{split: root / f"{split}.beton" for split in ("train", "val", "test")}, "root": root}
 
 
 @pytest.fixture(scope="session")
@@ -83,11 +108,14 @@ def trained_run(colour_data, tmp_path_factory) -> Path:
 
     from fastvip.recipe import Recipe
     from fastvip.train import run
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
-               image_size=24, eval_crop=0.8, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5,
-               crop_scale_min=0.3, workers=2, ema=True, ema_decay=0.9, channels_last="on")
-    run(r, run_dir, console=Console(quiet=True))
+
+    def train(folder: Path) -> None:
+        r = Recipe(model="test_resnet", train_data=str(colour_data["train"]), val_data=str(colour_data["val"]),
+                   image_size=24, eval_crop=0.8, epochs=2, batch_size=16, lr=0.4, warmup_epochs=0.5,
+                   crop_scale_min=0.3, workers=2, ema=True, ema_decay=0.9, channels_last="on")
+        run(r, folder / "run", console=Console(quiet=True))
+
+    run_dir = shared_dir(tmp_path_factory, "trained", train) / "run"
     start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["channels_last"] is True
     return run_dir

@@ -155,19 +155,39 @@ def test_a_file_packed_before_checksums_reads_with_a_notice_and_verify_adds_them
     assert "sample 7" in "\n".join(verify([val]).problems)
 
 
-def test_decode_finds_damage_under_valid_checksums(val):
-    """Damage from before the checksums were added (they vouch for it): only a decode sees it."""
+def _warned_under_valid_checksums(val, sample):
+    """A corrupt entropy-coded segment in the middle of ``sample`` that libjpeg only warns about,
+    from before the checksums were added (they vouch for it)."""
     rec = image_records(val)
     side = json.loads(meta_path(val).read_text())
     del side["entries"][0]["checksums"]
     meta_path(val).write_text(json.dumps(side))
-    with open(val, "r+b") as f:  # a corrupt entropy-coded segment: libjpeg warns, decodes grey
-        f.seek(int(rec.ptrs[9] + rec.sizes[9] // 2))
+    with open(val, "r+b") as f:
+        f.seek(int(rec.ptrs[sample] + rec.sizes[sample] // 2))
         f.write(b"\xff\xd0" * 4)
     verify([val], add_checksums=True)
     assert not verify([val]).problems
+
+
+def test_decode_finds_damage_under_valid_checksums(val):
+    """Damage from before the checksums were added (they vouch for it): only a decode sees it."""
+    _warned_under_valid_checksums(val, 9)
     problems = verify([val], decode=True).problems
     assert any("sample 9 (id" in p and "libjpeg" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "resident"])
+def test_libjpeg_warnings_in_a_loader_are_damage(val, kind, capfd):
+    """The centre crop (ffcv) and the whole-image store fill (resident) decode the damaged rows."""
+    _warned_under_valid_checksums(val, 9)
+    ids = open_packed(val).ids
+    with pytest.raises(FastvipError, match=rf"sample 9 \(id {ids[9]}\) is damaged: libjpeg warned"):
+        for _ in build_loader(kind, val, train=False, batch_size=8, image_size=16, device=CPU, workers=1):
+            pass
+    loader = build_loader(kind, val, train=False, batch_size=8, image_size=16, device=CPU, workers=1,
+                          skip_damaged=True)
+    assert sum(len(labels) for _, labels in loader) == len(ids) - 1 and loader.damaged_skipped == 1
+    assert "sample 9" in capfd.readouterr().err
 
 
 def test_merge_refuses_a_damaged_source(colour_data, tmp_path):

@@ -120,6 +120,19 @@ def test_upright_rgb_jpeg_is_kept_byte_for_byte(tmp_path):
     assert ok and data == p.read_bytes() and (h, w) == (40, 50)
 
 
+def test_a_jpeg_libjpeg_warns_about_is_re_encoded_not_kept(tmp_path):
+    """PIL decodes it without a word; the loaders would count libjpeg's warning as damage."""
+    from fastvip.data.jpegcheck import jpeg_problem
+    from loaders.jpeg import decode_problem
+    good = write_image(tmp_path / "a.JPEG", _rng_img(0), quality=75).read_bytes()
+    bad = tmp_path / "b.JPEG"
+    bad.write_bytes(good[:-2] + b"\x12\x34\x56" + good[-2:])  # extraneous bytes before the end marker
+    assert jpeg_problem(good) is None and "extraneous bytes" in jpeg_problem(bad.read_bytes())
+    ok, (data, h, w) = transcode(os.fspath(bad), 512, 90)
+    assert ok and data != bad.read_bytes() and (h, w) == (40, 50)
+    assert jpeg_problem(data) is None and decode_problem(np.frombuffer(data, np.uint8), h, w) is None
+
+
 def test_sample_larger_than_ffcv_default_page_packs(tmp_path):
     # ~4 MB of incompressible JPEG: larger than a 2 MiB FFCV page. The page size must
     # grow, otherwise FFCV's writer worker raises and DatasetWriter hangs.

@@ -62,11 +62,19 @@ def epochs(run_dir: Path) -> list[dict]:
     return [e for e in events(run_dir) if e["event"] == "epoch"]
 
 
-def tuner(argv: list, log: Path) -> subprocess.Popen:
+def tuner(argv: list, log: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "fastvip.tune", *map(str, argv)], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+                                stdout=fh, stderr=subprocess.STDOUT, **popen)
+
+
+def wait_for_epoch(run_dir: Path, proc: subprocess.Popen, log: Path, seconds: float = 240) -> None:
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + seconds
+    while not (metrics.exists() and '"epoch"' in metrics.read_text()):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"{run_dir} never finished an epoch"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +177,7 @@ def killed(pruned) -> dict:
     out, root, space = pruned["out"], pruned["root"], pruned["space"]
     common = ["--space", space, "--pruner", "none", "--quiet"]
     first = tuner([out / "best.py", *common, "--trials", 4, "--out", out, "--set", "epochs=30"], root / "first.log")
-    metrics = out / "trials" / "0003" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and '"epoch"' in metrics.read_text()):
-        assert first.poll() is None, (root / "first.log").read_text()
-        assert time.monotonic() < deadline, "trial 3 never finished an epoch"
-        time.sleep(0.2)
+    wait_for_epoch(out / "trials" / "0003", first, root / "first.log")
     first.send_signal(signal.SIGKILL)
     first.wait()
     at_kill = load(out).get_trials()[3].state
@@ -228,6 +231,27 @@ def test_two_tuners_on_one_storage_share_n(killed):
         assert recipe_mod.load_recipe(folder / "best.py").lr == best.params["lr"]
     # the trials tuned on from DIR/best.py ran a copy of it (best.py is rewritten, never its own base)
     assert Path(trials[3].user_attrs["recipe"]).name.startswith("base-")
+
+
+def test_ctrl_c_stops_the_running_trial_cleanly(study, colour_data, tmp_path):
+    """Ctrl-C at the terminal (SIGINT to the tuner's process group; its runs have sessions of their
+    own): the running trial stops at a step boundary with a checkpoint and stays RUNNING for the
+    same command to continue; the tuner exits 130 and leaves no process behind."""
+    import psutil
+    out, log = tmp_path / "study", tmp_path / "tuner.log"
+    data = [f"train_data={colour_data['train']}", f"val_data={colour_data['val']}"]
+    run = tuner([FAST, "--space", study["space"], "--trials", 1, "--out", out, "--quiet", "--set",
+                 *[s for s in TINY if not s.startswith("epochs=")], "epochs=30", *data], log, start_new_session=True)
+    wait_for_epoch(out / "trials" / "0000", run, log)
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=120) == 130, log.read_text()
+    trial = load(out).get_trials()[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING  # the same command continues it
+    run_dir = out / "trials" / "0000"
+    assert [e["signal"] for e in events(run_dir) if e["event"] == "stop"] == ["SIGTERM"]
+    assert (run_dir / "last.pt").exists() and len(epochs(run_dir)) < 30
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert not left, [p.info["cmdline"] for p in left]
 
 
 def test_space_errors_are_one_line_before_any_trial(colour_data, tmp_path):

@@ -31,6 +31,7 @@ import numpy as np
 
 from fastvip import atomic
 from fastvip.console import Console
+from fastvip.data import jpegcheck
 from fastvip.data.listing import Source, natural_key, scan_source
 from fastvip.data.packed import FORMAT, commit_with_sidecar, fingerprint, meta_path
 from fastvip.data.transcode import MIN_SIDE, quiet_children, transcode_job, worker_init
@@ -124,6 +125,7 @@ def pack(src, out, *, max_side: int = 512, quality: int = 90, workers: int = 0,
     for target in (out, meta_path(out), out.with_suffix(".spool"), out.with_suffix(".log")):
         atomic.remove_stale_temps(target)  # left by a pack that was killed
 
+    jpegcheck.load()  # missing, it is one error here, not a skip per image
     source = scan_source(src)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()

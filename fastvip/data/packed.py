@@ -246,20 +246,25 @@ def damaged_samples(packed: PackedFile, indices=None) -> np.ndarray:
     return idx[~ok]
 
 
-def damaged_message(packed: PackedFile, bad, *, all_known: bool = True,
+# why a sample is damaged: the two ways a loader finds out
+CHECKSUM_MISMATCH = "its bytes do not match their checksum"
+JPEG_WARNED = "libjpeg warned decoding it (corrupt data or a premature end)"
+
+
+def damaged_message(packed: PackedFile, bad, *, all_known: bool = True, why: str = CHECKSUM_MISMATCH,
                     fix: str = "or set skip_damaged=true to leave damaged samples out") -> str:
     """One line for damaged samples ``bad`` (indices): the file, the first sample's index and
-    id, how many, and the fix."""
+    id, why, how many, and the fix."""
     bad = np.asarray(bad)
     i = int(bad[0])
     more = f" ({len(bad)} damaged samples in all)" if all_known and len(bad) > 1 else ""
-    return (f"{packed.path}: sample {i} (id {printable(packed.ids[i])}) is damaged: its bytes do not match their "
-            f"checksum{more}; run `fastvip verify {packed.path}`, then re-pack it ({fix})")
+    return (f"{packed.path}: sample {i} (id {printable(packed.ids[i])}) is damaged: {why}{more}; "
+            f"run `fastvip verify {packed.path}`, then re-pack it ({fix})")
 
 
-def skip_notice(packed: PackedFile, i: int) -> None:
+def skip_notice(packed: PackedFile, i: int, why: str = CHECKSUM_MISMATCH) -> None:
     """The console line for one damaged sample left out (``skip_damaged``)."""
-    _warn(f"{packed.path}: sample {int(i)} (id {printable(packed.ids[int(i)])}) is damaged (checksum mismatch); "
+    _warn(f"{packed.path}: sample {int(i)} (id {printable(packed.ids[int(i)])}) is damaged ({why}); "
           "left out (skip_damaged)")
 
 

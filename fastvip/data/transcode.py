@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastvip.data.jpegcheck import jpeg_problem
+
 MIN_SIDE = 8
 # JPEGs are decoded reduced (DCT scaling, at most 1/8 per side) so only the reduced
 # size must fit; other formats decode at full size.
@@ -23,10 +25,12 @@ MAX_JPEG_PIXELS = 64 * MAX_DECODED_PIXELS
 def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
     """Open, validate and normalise one image -> ``(True, (jpeg, h, w))`` or ``(False, reason)``.
 
-    Never raises. A JPEG that is already RGB, upright and small enough is kept
-    byte for byte (no generation loss); everything else is decoded fully
-    (truncated files fail here rather than being kept half-grey), EXIF-rotated,
-    converted to RGB, downscaled and encoded at ``quality``.
+    Never raises. A JPEG that is already RGB, upright and small enough, and that
+    libjpeg-turbo decodes without an error or a warning (:mod:`fastvip.data.jpegcheck`),
+    is kept byte for byte (no generation loss); everything else is decoded fully by PIL
+    (truncated files fail here rather than being kept half-grey; corrupt data that libjpeg
+    only warns about is decoded as PIL sees it), EXIF-rotated, converted to RGB,
+    downscaled and encoded at ``quality``.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
     Image.MAX_IMAGE_PIXELS = None  # replaced by the limits below, which know about draft()
@@ -44,14 +48,15 @@ def transcode(path: str, max_side: int, quality: int) -> tuple[bool, object]:
             if w0 * h0 > limit:
                 return False, f"image too large to decode ({w0}x{h0})"
             orientation = img.getexif().get(0x0112, 1)
+            keep = (fmt == "JPEG" and img.mode == "RGB" and orientation in (0, 1)
+                    and max(w0, h0) <= max_side and min(w0, h0) >= MIN_SIDE and _light_jpeg(img, quality))
+            # the check is the decode that validates a kept JPEG: a cheaper one than PIL's
+            if keep and jpeg_problem(data) is None:
+                return True, (data, h0, w0)
             if fmt == "JPEG" and max(w0, h0) > max_side:
                 # Decode at reduced scale (DCT scaling) so huge JPEGs never exist at full size.
                 img.draft("RGB", (max_side, max_side))
             img.load()
-            keep = (fmt == "JPEG" and img.mode == "RGB" and orientation in (0, 1)
-                    and max(w0, h0) <= max_side and min(w0, h0) >= MIN_SIDE and _light_jpeg(img, quality))
-            if keep:
-                return True, (data, h0, w0)
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img)
             w, h = img.size
