@@ -206,7 +206,35 @@ def training_step(recipe, device, num_classes: int):
         if t.ema is not None and terms is not None:
             t.ema.update(t.model, n, skip=terms.get("nonfinite"))
     step.model = t.model  # for tests comparing the steps' weights
+    step.teachers = len(t.ctx.teachers)
     return step
+
+
+def teacher_rows(recipe, device, num_classes: int, steps: int, warmup: int, counts: str, folder: Path) -> list[dict]:
+    """The recipe's step with each count of distillation teachers in ``counts`` ("0,1,3"), timed in
+    alternation; ``x_no_teachers`` = img/s against the first count's. The teachers are copies of
+    the recipe's own model at its initialisation, saved as checkpoints in ``folder`` (their
+    weights do not change the cost), loaded as ``fastvip run`` loads teachers."""
+    from fastvip.methods.model import build_model, save_checkpoint
+    try:
+        ns = [int(n) for n in counts.split(",") if n]
+    except ValueError:
+        raise FastvipError(f"--teachers expects counts like 0,1,3, got {counts!r}") from None
+    if len(ns) < 2 or min(ns) < 0:
+        raise FastvipError(f"--teachers expects at least two counts >= 0, got {counts!r}")
+    base = dataclasses.replace(recipe, teachers=(), distill_weight=0.0)
+    ckpt = {"inference": build_model(base, num_classes).state_dict(), "weights": "raw", "epoch": 0,
+            "recipe": base.to_dict(), "classes": [str(i) for i in range(num_classes)]}
+    files = [folder / f"teacher{i}.pt" for i in range(max(ns))]
+    for f in files:
+        save_checkpoint(f, ckpt)
+    weight = recipe.distill_weight or 0.5
+    configs = {f"teachers={n}": (training_step, dataclasses.replace(
+        base, teachers=tuple(map(str, files[:n])), distill_weight=weight if n else 0.0).validate()) for n in ns}
+    rows = bench_steps(configs, device, num_classes, steps, warmup)
+    for r in rows:
+        r["x_no_teachers"] = r["img_per_s"] / rows[0]["img_per_s"]
+    return rows
 
 
 def timm_train_step(recipe, device, num_classes: int):
@@ -303,7 +331,8 @@ def bench_steps(configs: dict, device, num_classes: int, steps: int, warmup: int
             rates[name].append(steps * first.batch_size / (time.perf_counter() - t0))
     return [dict({"loader": "synthetic", "mode": "model", "step": name, "img_per_s": statistics.median(r),
                   "img_per_s_min": min(r), "img_per_s_max": max(r), "passes": repeats,
-                  "n_images": steps * first.batch_size}, **step_settings(configs[name][1], device))
+                  "n_images": steps * first.batch_size, "teachers": getattr(built[name], "teachers", 0)},
+                 **step_settings(configs[name][1], device))
             for name, r in rates.items()]
 
 
@@ -363,6 +392,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first in model mode (compile, autotune)")
     ap.add_argument("--vary", metavar="KEY=A,B", help="model mode: time the step once per value of this recipe "
                     "field, in alternation (e.g. optimizer_impl=fused,foreach or compile=false,true)")
+    ap.add_argument("--teachers", metavar="N,N", help="model mode: time the recipe's step with each count of "
+                    "distillation teachers (e.g. 0,1,3), in alternation, instead of the usual rows")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="write the results here (a list of objects)")
     args = ap.parse_args(argv)
@@ -408,7 +439,9 @@ def run(args) -> list[dict]:
             loaders = {n: make_loader(n, args, device, data, source) for n in names}
             results += bench_loaders(loaders, device, args.passes, pass_epochs=args.pass_epochs)
         num_classes = 1000
-        if "model" in modes:
+        if "model" in modes and args.teachers:
+            results += teacher_rows(recipe, device, num_classes, args.steps, args.warmup, args.teachers, tmp)
+        elif "model" in modes:
             results += model_rows(recipe, device, num_classes, args.steps, warmup=args.warmup, vary=args.vary)
         if "e2e" in modes:
             for n in names:

@@ -6,6 +6,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, make_colour_tree
 
@@ -242,3 +243,20 @@ def test_gpu_check_without_ffcv_writes_a_complete_summary_with_reasons(tmp_path,
     for part in (gc.correctness, gc.throughput, gc.jpeg):
         r = part(have, tmp_path, 1.0)
         assert r["status"] == "skipped" and "ffcv is not importable (ffcv hidden by the test)" in r["reason"]
+
+
+def test_throughput_times_the_step_with_each_count_of_teachers(tmp_path):
+    import dataclasses
+
+    from fastvip import recipe as recipe_mod
+    from fastvip.errors import FastvipError
+    tp = _bench("throughput")
+    r = dataclasses.replace(recipe_mod.resolve(str(REPO / "recipes" / "tiny_vipriors_fast.py"), []),
+                            model="test_resnet", image_size=16, batch_size=4, device="cpu", amp="off",
+                            channels_last="off")
+    rows = tp.teacher_rows(r, torch.device("cpu"), 10, steps=1, warmup=1, counts="0,1,3", folder=tmp_path)
+    assert [x["step"] for x in rows] == ["teachers=0", "teachers=1", "teachers=3"]
+    assert [x["teachers"] for x in rows] == [0, 1, 3]  # the built steps run that many teachers
+    assert rows[0]["x_no_teachers"] == 1.0 and all(x["img_per_s"] > 0 for x in rows)
+    with pytest.raises(FastvipError, match="at least two counts"):
+        tp.teacher_rows(r, torch.device("cpu"), 10, steps=1, warmup=1, counts="3", folder=tmp_path)

@@ -41,8 +41,9 @@ def _lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
-    recipe = _recipe(colour_data)
+def test_two_processes_match_one(colour_data, trained_run, tmp_path, cpu_env):
+    # with a distillation teacher (at another resolution: the batch is resized to its own on the device)
+    recipe = _recipe(colour_data, teachers=(str(trained_run),), distill_weight=0.3)
     run(recipe, tmp_path / "one", console=Q)
     # TensorBoard on, which only process 0 may write (it changes no results)
     (tmp_path / "r.py").write_text(dataclasses.replace(recipe, tensorboard=True).to_text())
@@ -68,6 +69,7 @@ def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
     assert [s["world_size"] for s in starts] == [2, 2] and starts[1]["resumed_from_epoch"] == 1
     epochs = [line for line in two_lines if line["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]  # one line per epoch: only process 0 writes
+    assert all(e["loss_distill"] > 0 for e in epochs)
     assert all(e["weights_in_sync"] for e in epochs)
     assert all(e["val_n"] == 48 for e in epochs)  # every val sample counted once over both shards
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -80,7 +82,9 @@ def test_two_processes_match_one(colour_data, tmp_path, cpu_env):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
         assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 48 + 1e-9  # at most one sample flips
     w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
-    w2 = torch.load(two / "last.pt", weights_only=False)["model"]
+    last = torch.load(two / "last.pt", weights_only=False)
+    assert [t["path"] for t in last["teachers"]] == [str(trained_run)]  # resume checks it by digest
+    w2 = last["model"]
     for k, v in w1.items():
         torch.testing.assert_close(w2[k], v, rtol=1e-3, atol=1e-4, msg=k)
 
