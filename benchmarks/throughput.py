@@ -220,8 +220,8 @@ def teacher_rows(recipe, device, num_classes: int, steps: int, warmup: int, coun
         ns = [int(n) for n in counts.split(",") if n]
     except ValueError:
         raise FastvipError(f"--teachers expects counts like 0,1,3, got {counts!r}") from None
-    if len(ns) < 2 or min(ns) < 0:
-        raise FastvipError(f"--teachers expects at least two counts >= 0, got {counts!r}")
+    if len(ns) < 2 or ns[0] != 0 or len(set(ns)) != len(ns) or min(ns) < 0:
+        raise FastvipError(f"--teachers expects 0, then other distinct counts (0,1,3), got {counts!r}")
     base = dataclasses.replace(recipe, teachers=(), distill_weight=0.0)
     ckpt = {"inference": build_model(base, num_classes).state_dict(), "weights": "raw", "epoch": 0,
             "recipe": base.to_dict(), "classes": [str(i) for i in range(num_classes)]}
@@ -413,6 +413,8 @@ def run(args) -> list[dict]:
         raise FastvipError("--passes must be >= 3 (a median of at least three)")
     if args.pass_epochs < 1:
         raise FastvipError("--pass-epochs must be >= 1")
+    if args.teachers and args.vary:
+        raise FastvipError("--teachers and --vary are two ways to vary the step: give one")
     device = resolve_device(args.device)
     modes = [m for m in args.mode.split(",") if m]
     if set(modes) - {"loader", "model", "e2e"}:

@@ -166,7 +166,8 @@ def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, 
                   views, size, buf, slot_out):
     """One sample of :class:`KeyedCropDecoder`: its ``views`` keyed crops of ``size`` decoded
     from the stored bytes (a JPEG, or raw pixels) into the start of its slot ``slot_out``.
-    Returns libjpeg's warnings in the rows decoded (the last row's crop reads to the end marker)."""
+    Returns libjpeg's warnings in the rows decoded (the last row's crop reads to the end marker),
+    or 1 when no decoder could decode it."""
     out_h, out_w = size, size
     crops = np.empty((views, 4), dtype=np.int64)
     num = 8  # DCT scale num/8: the smallest at which every crop still covers the output
@@ -195,7 +196,8 @@ def _keyed_sample(image_data, height, width, jpeg, source_ix, key, train, s_lo, 
             image = buf[:info[0] * info[1] * 3].reshape(info[0], info[1], 3)
         else:  # libjpeg refused the region decode: decode it whole, as FFCV would
             sh, sw = (height * num + 7) // 8, (width * num + 7) // 8
-            imdecode(image_data, buf, height, width, height, width, 0, 0, num, 8, False, False)
+            if imdecode(image_data, buf, height, width, height, width, 0, 0, num, 8, False, False) != 0:
+                info[5] = 1  # TurboJPEG could not decode it either: damaged
             image = buf[:sh * sw * 3].reshape(sh, sw, 3)
     else:
         image = image_data.reshape(height, width, 3)
@@ -424,6 +426,9 @@ class FFCVLoader(EpochState):
             self._decoder.set_size(size)
         self._loader.next_epoch = self.epoch
         self._order.skip = self.start_batch * self.batch_size
+        # this pass's verdicts only: a warning depends on the crop, which depends on the epoch
+        # (the last pass's producer thread has stopped: _stop)
+        self._damaged[:] = 0
         try:
             it = iter(self._loader)
             order = self._order.sample_order(self.epoch)  # what FFCV cuts its batches from, in order

@@ -544,7 +544,8 @@ class ResidentLoader(EpochState):
         epoch, size = self.epoch, self.size
         order = self._order(epoch)[self.start_batch * self.batch_size:]
         self.start_batch = 0  # the skip is for this pass only
-        self.damaged_skipped += self.left_out  # left out of every pass
+        # left out of every pass; every train process screened the whole file: counted by one
+        self.damaged_skipped += self.left_out if not self.train or self.rank == 0 else 0
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
             if self.train and len(idx) < self.batch_size:

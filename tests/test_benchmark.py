@@ -258,5 +258,6 @@ def test_throughput_times_the_step_with_each_count_of_teachers(tmp_path):
     assert [x["step"] for x in rows] == ["teachers=0", "teachers=1", "teachers=3"]
     assert [x["teachers"] for x in rows] == [0, 1, 3]  # the built steps run that many teachers
     assert rows[0]["x_no_teachers"] == 1.0 and all(x["img_per_s"] > 0 for x in rows)
-    with pytest.raises(FastvipError, match="at least two counts"):
-        tp.teacher_rows(r, torch.device("cpu"), 10, steps=1, warmup=1, counts="3", folder=tmp_path)
+    for bad in ("3", "1,3", "0,1,1"):
+        with pytest.raises(FastvipError, match="expects 0, then other distinct counts"):
+            tp.teacher_rows(r, torch.device("cpu"), 10, steps=1, warmup=1, counts=bad, folder=tmp_path)

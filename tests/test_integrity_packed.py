@@ -181,13 +181,36 @@ def test_libjpeg_warnings_in_a_loader_are_damage(val, kind, capfd):
     """The centre crop (ffcv) and the whole-image store fill (resident) decode the damaged rows."""
     _warned_under_valid_checksums(val, 9)
     ids = open_packed(val).ids
-    with pytest.raises(FastvipError, match=rf"sample 9 \(id {ids[9]}\) is damaged: libjpeg warned"):
+    with pytest.raises(FastvipError, match=rf"sample 9 \(id {ids[9]}\) is damaged: libjpeg reported corrupt data"
+                                           r".*`fastvip verify --decode "):
         for _ in build_loader(kind, val, train=False, batch_size=8, image_size=16, device=CPU, workers=1):
             pass
     loader = build_loader(kind, val, train=False, batch_size=8, image_size=16, device=CPU, workers=1,
                           skip_damaged=True)
     assert sum(len(labels) for _, labels in loader) == len(ids) - 1 and loader.damaged_skipped == 1
     assert "sample 9" in capfd.readouterr().err
+
+
+def test_ffcv_verdicts_hold_for_one_pass(val):
+    """A warning depends on the crop, so a sample is judged anew each pass: repaired (in a file
+    without checksums), it is back in the next pass."""
+    rec = image_records(val)
+    side = json.loads(meta_path(val).read_text())
+    del side["entries"][0]["checksums"]
+    meta_path(val).write_text(json.dumps(side))
+    at = int(rec.ptrs[9] + rec.sizes[9] // 2)
+    original = val.read_bytes()[at:at + 8]
+    with open(val, "r+b") as f:
+        f.seek(at)
+        f.write(b"\xff\xd0" * 4)
+    loader = build_loader("ffcv", val, train=False, batch_size=8, image_size=16, device=CPU, workers=1,
+                          skip_damaged=True)
+    assert sum(len(labels) for _, labels in loader) == len(rec.ptrs) - 1 and loader.damaged_skipped == 1
+    with open(val, "r+b") as f:
+        f.seek(at)
+        f.write(original)
+    loader.set_epoch(1)
+    assert sum(len(labels) for _, labels in loader) == len(rec.ptrs) and loader.damaged_skipped == 1
 
 
 def test_merge_refuses_a_damaged_source(colour_data, tmp_path):

@@ -248,8 +248,10 @@ def test_ctrl_c_stops_the_running_trial_cleanly(study, colour_data, tmp_path):
     trial = load(out).get_trials()[0]
     assert trial.state == optuna.trial.TrialState.RUNNING  # the same command continues it
     run_dir = out / "trials" / "0000"
-    assert [e["signal"] for e in events(run_dir) if e["event"] == "stop"] == ["SIGTERM"]
-    assert (run_dir / "last.pt").exists() and len(epochs(run_dir)) < 30
+    stops = [e for e in events(run_dir) if e["event"] == "stop"]
+    assert [e["signal"] for e in stops] == ["SIGTERM"] and len(epochs(run_dir)) < 30
+    from fastvip.methods.model import load_checkpoint
+    assert load_checkpoint(run_dir / "last.pt")["run_state"]["step"] == stops[0]["step"]  # written at the stop
     left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     assert not left, [p.info["cmdline"] for p in left]
 

@@ -31,6 +31,9 @@ def load():
             raise FastvipError("libturbojpeg is not installed (it is one of FFCV's system packages): "
                                "`sudo apt-get install libturbojpeg0-dev`, or `make setup`")
         lib = ctypes.CDLL(name)
+        if not hasattr(lib, "tjGetErrorCode"):
+            raise FastvipError(f"{name} is older than TurboJPEG 2.0, which tells warnings from errors; "
+                               "install libjpeg-turbo 2.0 or later (`make setup` installs it)")
         lib.tjInitDecompress.restype = ctypes.c_void_p
         lib.tjDecompressHeader3.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_ulong] + [
             ctypes.POINTER(ctypes.c_int)] * 4
@@ -44,8 +47,12 @@ def load():
 
 
 def _handle(lib):
+    # one per thread for the life of the process (pack's workers are processes): never freed
     if getattr(_local, "handle", None) is None:
-        _local.handle = lib.tjInitDecompress()
+        handle = lib.tjInitDecompress()
+        if not handle:
+            raise MemoryError("tjInitDecompress failed")
+        _local.handle = handle
     return _local.handle
 
 

@@ -248,7 +248,7 @@ def damaged_samples(packed: PackedFile, indices=None) -> np.ndarray:
 
 # why a sample is damaged: the two ways a loader finds out
 CHECKSUM_MISMATCH = "its bytes do not match their checksum"
-JPEG_WARNED = "libjpeg warned decoding it (corrupt data or a premature end)"
+JPEG_WARNED = "libjpeg reported corrupt data decoding it (a warning or an error)"
 
 
 def damaged_message(packed: PackedFile, bad, *, all_known: bool = True, why: str = CHECKSUM_MISMATCH,
@@ -259,7 +259,8 @@ def damaged_message(packed: PackedFile, bad, *, all_known: bool = True, why: str
     i = int(bad[0])
     more = f" ({len(bad)} damaged samples in all)" if all_known and len(bad) > 1 else ""
     return (f"{packed.path}: sample {i} (id {printable(packed.ids[i])}) is damaged: {why}{more}; "
-            f"run `fastvip verify {packed.path}`, then re-pack it ({fix})")
+            f"run `fastvip verify {'' if why == CHECKSUM_MISMATCH else '--decode '}{packed.path}`, "
+            f"then re-pack it ({fix})")
 
 
 def skip_notice(packed: PackedFile, i: int, why: str = CHECKSUM_MISMATCH) -> None:
