@@ -99,7 +99,7 @@ def verify_packed(path: Path, report: Report, *, decode: bool = False, console: 
     against its checksum and, with ``decode``, every image decodes whole without libjpeg's
     warnings. One problem line per damaged sample, with its index and its id as stored."""
     from fastvip.console import printable
-    from fastvip.data.packed import add_checksums as add, damaged_samples, open_packed
+    from fastvip.data.packed import CHECKSUM_MISMATCH, add_checksums as add, damaged_samples, open_packed
     console = console or Console(quiet=True)
     report.checked.append(str(path))
     try:
@@ -121,7 +121,7 @@ def verify_packed(path: Path, report: Report, *, decode: bool = False, console: 
                     hi = min(lo + _CHUNK, packed.num_samples)
                     bad.update(int(i) for i in damaged_samples(packed, np.arange(lo, hi)))
                     bar.advance(hi - lo)
-        problems = {i: "its bytes do not match their checksum" for i in bad}
+        problems = {i: CHECKSUM_MISMATCH for i in bad}
         if decode:
             problems.update(_decode_problems(path, packed, bad, console))
     except FastvipError as e:

@@ -148,13 +148,13 @@ class KeyedCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 if check and xxh3_seeded(image_data, seeds[source_ix]) != expected[source_ix]:
-                    flags[source_ix] = 1  # FLAG_CHECKSUM: the loader leaves it out or stops
+                    flags[source_ix] = FLAG_CHECKSUM  # the loader leaves it out or stops
                     continue
                 # train and views as plain values: literal arguments defeat numba's cache
                 if _keyed_sample(image_data, np.int64(field["height"]), np.int64(field["width"]),
                                  field["mode"] == 0, source_ix, key, np.bool_(train), s_lo, s_hi, r_lo, r_hi,
                                  eval_crop, np.int64(views), size, temp_storage[dst_ix], destination[dst_ix]):
-                    flags[source_ix] = 2  # FLAG_WARNED
+                    flags[source_ix] = FLAG_WARNED
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

@@ -132,7 +132,6 @@ def _decode_into(data, ptrs, sizes, modes, heights, widths, th, tw, row0, dst, s
             status[j] = -3
 
 
-
 @njit(cache=True, nogil=True)
 def crop_resize(store, rows, wins, mirror, out):
     """CPU: ``out[i]`` = window ``wins[i]`` (top, left, h, w) of the image starting at store row

@@ -140,11 +140,29 @@ def test_skip_damaged_leaves_them_out_and_counts_them(val, kind, capfd):
     assert "sample 3" in capfd.readouterr().err
 
 
-def test_a_file_packed_before_checksums_reads_with_a_notice_and_verify_adds_them(val, capfd):
-    side = json.loads(meta_path(val).read_text())
+def _strip_checksums(path):
+    """``path`` as a file packed before fastvip wrote checksums."""
+    side = json.loads(meta_path(path).read_text())
     for e in side["entries"]:
         del e["checksums"]
-    meta_path(val).write_text(json.dumps(side))
+    meta_path(path).write_text(json.dumps(side))
+
+
+def _corrupt_entropy(path, sample) -> tuple[int, bytes]:
+    """A corrupt entropy-coded segment in the middle of ``sample`` that libjpeg only warns about
+    (it decodes grey); where it lies, and the bytes it replaced."""
+    rec = image_records(path)
+    at = int(rec.ptrs[sample] + rec.sizes[sample] // 2)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        original = f.read(8)
+        f.seek(at)
+        f.write(b"\xff\xd0" * 4)
+    return at, original
+
+
+def test_a_file_packed_before_checksums_reads_with_a_notice_and_verify_adds_them(val, capfd):
+    _strip_checksums(val)
     assert open_packed(val).checksums is None
     assert "carries no per-sample checksums" in capfd.readouterr().err
     report = verify([val])
@@ -156,15 +174,10 @@ def test_a_file_packed_before_checksums_reads_with_a_notice_and_verify_adds_them
 
 
 def _warned_under_valid_checksums(val, sample):
-    """A corrupt entropy-coded segment in the middle of ``sample`` that libjpeg only warns about,
-    from before the checksums were added (they vouch for it)."""
-    rec = image_records(val)
-    side = json.loads(meta_path(val).read_text())
-    del side["entries"][0]["checksums"]
-    meta_path(val).write_text(json.dumps(side))
-    with open(val, "r+b") as f:
-        f.seek(int(rec.ptrs[sample] + rec.sizes[sample] // 2))
-        f.write(b"\xff\xd0" * 4)
+    """Damage libjpeg only warns about in ``sample``, from before the checksums were added
+    (they vouch for it)."""
+    _strip_checksums(val)
+    _corrupt_entropy(val, sample)
     verify([val], add_checksums=True)
     assert not verify([val]).problems
 
@@ -194,23 +207,17 @@ def test_libjpeg_warnings_in_a_loader_are_damage(val, kind, capfd):
 def test_ffcv_verdicts_hold_for_one_pass(val):
     """A warning depends on the crop, so a sample is judged anew each pass: repaired (in a file
     without checksums), it is back in the next pass."""
-    rec = image_records(val)
-    side = json.loads(meta_path(val).read_text())
-    del side["entries"][0]["checksums"]
-    meta_path(val).write_text(json.dumps(side))
-    at = int(rec.ptrs[9] + rec.sizes[9] // 2)
-    original = val.read_bytes()[at:at + 8]
-    with open(val, "r+b") as f:
-        f.seek(at)
-        f.write(b"\xff\xd0" * 4)
+    _strip_checksums(val)
+    at, original = _corrupt_entropy(val, 9)
+    n = open_packed(val).num_samples
     loader = build_loader("ffcv", val, train=False, batch_size=8, image_size=16, device=CPU, workers=1,
                           skip_damaged=True)
-    assert sum(len(labels) for _, labels in loader) == len(rec.ptrs) - 1 and loader.damaged_skipped == 1
+    assert sum(len(labels) for _, labels in loader) == n - 1 and loader.damaged_skipped == 1
     with open(val, "r+b") as f:
         f.seek(at)
         f.write(original)
     loader.set_epoch(1)
-    assert sum(len(labels) for _, labels in loader) == len(rec.ptrs) and loader.damaged_skipped == 1
+    assert sum(len(labels) for _, labels in loader) == n and loader.damaged_skipped == 1
 
 
 def test_merge_refuses_a_damaged_source(colour_data, tmp_path):
