@@ -284,11 +284,35 @@ def test_shipped_space_fits_its_recipe_and_stays_out_of_the_recipe_list(colour_d
     from fastvip.cli import main
     path = REPO / "recipes" / "spaces" / "tiny_vipriors_fast.py"
     base = recipe_mod.resolve(FAST, [f"train_data={colour_data['train']}", f"val_data={colour_data['val']}"])
-    assert space_mod.check_space(space_mod.load_space(path), base, path) == 2
+    assert space_mod.check_space(space_mod.load_space(path), base, path) == 5  # res_start's five choices
     capsys.readouterr()
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
     assert "tiny_vipriors_fast.py" in listed and "spaces" not in listed and "Search space" not in listed
+
+
+def test_shipped_space_buys_epochs_with_resolution_not_time():
+    """Every draw of the shipped space costs at most its budget of 64-px epochs, within one epoch,
+    and a lower starting resolution buys more epochs."""
+    spec = importlib.util.spec_from_file_location("proxy_space", REPO / "recipes" / "spaces" / "tiny_vipriors_fast.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from fastvip.train.schedule import resolution_at
+    for frac in (0.3, 0.6, 0.9):
+        epochs = {}
+        for start in (32, 40, 48, 56, 64):
+            trial = optuna.trial.FixedTrial({"res_start": start, "ramp_end_frac": frac, "batch_size": 128,
+                                             "lr": 0.4, "warmup_epochs": 1.0, "weight_decay": 5e-4,
+                                             "label_smoothing": 0.1, "crop_scale_min": 0.35, "nesterov": True})
+            o = mod.space(trial)
+            sizes = [resolution_at(e, o.get("res_start", 64), 64, 0, o.get("res_ramp_end", 0), 8)
+                     for e in range(o["epochs"])]
+            cost = sum(mod.image_cost(s) for s in sizes)
+            assert mod.BUDGET - 1 < cost <= mod.BUDGET, (start, frac, o)
+            assert sizes[-1] == 64 and (start == 64) == ("res_start" not in o)
+            epochs[start] = o["epochs"]
+        assert epochs[32] > epochs[64] and list(epochs.values()) == sorted(epochs.values(), reverse=True)
+    assert mod.image_cost(64) == pytest.approx(1.0) and mod.image_cost(32) == pytest.approx(0.3925)
 
 
 def test_plot_says_importance_needs_two_completed_trials(tmp_path):
