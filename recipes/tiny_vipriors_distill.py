@@ -1,8 +1,10 @@
 """Proxy, distillation: tiny_vipriors_strong's model and schedule, taught by an ensemble of three strong runs (CPU)."""
 # Issue #41: fold the ensemble back into one network of the best single model's size. The
 # teachers are three runs of tiny_vipriors_strong.py (seeds 0, 1, 2) on train + val merged,
-# made by the commands of benchmarks/RESULTS.md ("Distillation on the proxy: protocol"); for
-# the train-split figure the same recipe runs with `--set teachers=...` naming train-only runs.
+# made by (N = 0, 1, 2)
+#   fastvip run recipes/tiny_vipriors_strong.py --out runs/distill/strong_sN_trainval \
+#       --set seed=N train_data=data/tiny-vipriors/train.beton,data/tiny-vipriors/val.beton val_data=
+# For the train-split figure the same recipe runs with `--set teachers=...` naming train-only runs.
 # The student is an ordinary strong run (resnet10t, 64 -> 96 px, CutMix/Mixup, 100 epochs) whose
 # loss is mostly the teachers': they see its exact augmented batch (mixed images included), the
 # "consistent teaching" of Beyer et al. (CVPR 2022, "Knowledge distillation: a good teacher is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -297,7 +298,9 @@ def test_shipped_space_buys_epochs_with_resolution_not_time():
     spec = importlib.util.spec_from_file_location("proxy_space", REPO / "recipes" / "spaces" / "tiny_vipriors_fast.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from fastvip.train.schedule import resolution_at
+    from fastvip.recipe import load_recipe
+    from fastvip.train.schedule import train_resolution
+    base = load_recipe(FAST)
     for frac in (0.3, 0.6, 0.9):
         epochs = {}
         for start in (32, 40, 48, 56, 64):
@@ -305,8 +308,8 @@ def test_shipped_space_buys_epochs_with_resolution_not_time():
                                              "lr": 0.4, "warmup_epochs": 1.0, "weight_decay": 5e-4,
                                              "label_smoothing": 0.1, "crop_scale_min": 0.35, "nesterov": True})
             o = mod.space(trial)
-            sizes = [resolution_at(e, o.get("res_start", 64), 64, 0, o.get("res_ramp_end", 0), 8)
-                     for e in range(o["epochs"])]
+            recipe = dataclasses.replace(base, **o)  # the sizes the loop will train at, not the space's own sums
+            sizes = [train_resolution(recipe, e) for e in range(recipe.epochs)]
             cost = sum(mod.image_cost(s) for s in sizes)
             assert mod.BUDGET - 1 < cost <= mod.BUDGET, (start, frac, o)
             assert sizes[-1] == 64 and (start == 64) == ("res_start" not in o)
