@@ -162,8 +162,10 @@ class Bench:
         self.machine = machine()
         if self.doc.get("machine") and not same_machine(self.doc["machine"], self.machine):
             # entries timed elsewhere are not comparable: keep them aside, start this machine's table
-            self.doc.setdefault("other_machines", []).append(
-                {"machine": self.doc["machine"], "entries": self.doc["entries"]})
+            aside = {"machine": self.doc["machine"], "entries": self.doc["entries"]}
+            if "pack_s" in self.doc:  # packing times are the machine's too
+                aside["pack_s"] = self.doc.pop("pack_s")
+            self.doc.setdefault("other_machines", []).append(aside)
             self.doc["entries"] = {}
         self.doc["machine"] = self.machine
         args.work.mkdir(parents=True, exist_ok=True)

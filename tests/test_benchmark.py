@@ -4,6 +4,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -204,6 +205,23 @@ def test_time_to_accuracy_counts_a_cut_segment_up_to_its_last_checkpointed_epoch
     assert [p["top1"] for p in tta.curve(segments, epochs, "raw")] == [5.0, 7.0, 9.0]
     assert tta.same_machine({"cpu": "x", "cores": 2, "cpu_flags_sha1": "a", "gpu": None, "torch": "2"},
                             {"cpu": "x", "cores": 2, "cpu_flags_sha1": "b", "gpu": None, "torch": "2"}) is False
+
+
+def test_time_to_accuracy_moves_another_machines_entries_and_pack_times_aside(tmp_path):
+    tta = _bench("time_to_accuracy")
+    elsewhere = {"cpu": "elsewhere", "cores": 64, "cpu_flags_sha1": "0", "gpu": None, "torch": "0"}
+    doc = tmp_path / "tta.json"
+    doc.write_text(json.dumps({"machine": elsewhere, "pack_s": {"train": 1.0},
+                               "entries": {"baseline": {"done": True, "wall_s": 10.0, "last_top1": 1.0}}}))
+    args = SimpleNamespace(json=doc, work=tmp_path / "work")
+    bench = tta.Bench(args)
+    bench.save()
+    saved = json.loads(doc.read_text())
+    assert saved["entries"] == {} and "pack_s" not in saved and saved["machine"] == tta.machine()
+    assert saved["other_machines"] == [{"machine": elsewhere, "pack_s": {"train": 1.0},
+                                        "entries": {"baseline": {"done": True, "wall_s": 10.0, "last_top1": 1.0}}}]
+    tta.Bench(args).save()  # the same machine again: nothing moves
+    assert json.loads(doc.read_text())["other_machines"] == saved["other_machines"]
 
 
 def test_gpu_check_without_a_gpu_reports_every_part_skipped(tmp_path, cpu_env):
