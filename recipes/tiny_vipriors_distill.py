@@ -4,7 +4,8 @@
 # made by (N = 0, 1, 2)
 #   fastvip run recipes/tiny_vipriors_strong.py --out runs/distill/strong_sN_trainval \
 #       --set seed=N train_data=data/tiny-vipriors/train.beton,data/tiny-vipriors/val.beton val_data=
-# For the train-split figure the same recipe runs with `--set teachers=...` naming train-only runs.
+# The train-split figure (benchmarks/distill_train_split.sh) uses the same loss settings on the shorter
+# schedule of tiny_vipriors_tuned.py instead.
 # The student is an ordinary strong run (resnet10t, 64 -> 96 px, CutMix/Mixup, 100 epochs) whose
 # loss is mostly the teachers': they see its exact augmented batch (mixed images included), the
 # "consistent teaching" of Beyer et al. (CVPR 2022, "Knowledge distillation: a good teacher is
