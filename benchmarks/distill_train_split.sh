@@ -5,28 +5,16 @@
 #   bash benchmarks/distill_train_split.sh [OUT]      (default OUT: runs/distill_train)
 # The plain single model is teacher s0: the student has its model, seed and schedule, and differs
 # only by the distillation term (w 0.9, T 1, the three teachers on the student's own batches).
-# A finished run is skipped; a cut-off one resumes.
+# Every run goes through `fastvip run --resume`: a finished one is left as it is, a cut-off one resumes.
 set -euo pipefail
 OUT=${1:-runs/distill_train}
 FASTVIP=${FASTVIP:-fastvip}
-PYTHON=${PYTHON:-python}
 RECIPE=recipes/tiny_vipriors_tuned.py
 DATA="train_data=data/tiny-vipriors/train.beton val_data=data/tiny-vipriors/val.beton"
 
-run() {  # run DIR SETS...: train unless DIR holds a finished run
+run() {  # run DIR SETS...: --resume finishes a cut-off run, leaves a finished one as it is, starts a new one
     local dir=$1; shift
-    if [[ -f $dir/metrics.jsonl ]] && $PYTHON - "$dir" <<'PY'
-import json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-done = [r["epoch"] for r in map(json.loads, d.joinpath("metrics.jsonl").read_text().splitlines())
-        if r.get("event") == "epoch"]
-sys.exit(0 if done and done[-1] >= json.loads(d.joinpath("recipe.json").read_text())["epochs"] else 1)
-PY
-    then echo "$dir: done"; return; fi
-    local resume=()
-    [[ -f $dir/last.pt ]] && resume=(--resume)
-    $FASTVIP run $RECIPE --out "$dir" --quiet --set $DATA "$@" "${resume[@]}"
+    $FASTVIP run $RECIPE --out "$dir" --quiet --set $DATA "$@" --resume
 }
 
 for s in 0 1 2; do run "$OUT/teacher_s$s" seed=$s; done
